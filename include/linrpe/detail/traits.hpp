@@ -1,0 +1,139 @@
+#pragma once
+// IWYU pragma: private
+/// \file
+/// \brief Detection traits for the two policy concepts (feature map, positional encoding).
+
+#include "../types.hpp"
+
+#include <Eigen/Core>
+
+#include <type_traits>
+#include <utility>
+
+namespace linrpe {
+namespace detail {
+
+template <class...>
+inline constexpr bool dependent_false = false;
+
+template <class S>
+using in_ref = Eigen::Ref<const row_matrix<S>>;
+template <class S>
+using out_ref = Eigen::Ref<row_matrix<S>>;
+
+// ---- feature maps ------------------------------------------------------------------------------------
+
+template <class F, class = void>
+struct has_is_positive : std::false_type {};
+template <class F>
+struct has_is_positive<F, std::void_t<decltype(bool(F::is_positive))>> : std::true_type {};
+
+template <class F, class = void>
+struct has_output_dim : std::false_type {};
+template <class F>
+struct has_output_dim<F, std::void_t<decltype(index(std::declval<const F&>().output_dim(index(1))))>>
+    : std::true_type {};
+
+template <class F, class S, class = void>
+struct has_apply : std::false_type {};
+template <class F, class S>
+struct has_apply<F, S,
+                 std::void_t<decltype(std::declval<const F&>().apply(std::declval<const in_ref<S>&>(),
+                                                                     std::declval<out_ref<S>>(),
+                                                                     std::declval<const feature_context&>()))>>
+    : std::true_type {};
+
+/// True when F has `is_positive`, `output_dim(index)` and `apply(in, out, feature_context)` for Scalar S.
+template <class F, class S>
+inline constexpr bool is_feature_map_v = has_is_positive<F>::value && has_output_dim<F>::value && has_apply<F, S>::value;
+
+// ---- positional encodings ----------------------------------------------------------------------------
+
+template <class P, class = void>
+struct has_stage_flags : std::false_type {};
+template <class P>
+struct has_stage_flags<P, std::void_t<decltype(bool(P::has_pre_feature)), decltype(bool(P::has_post_feature)),
+                                      decltype(bool(P::has_mixing))>> : std::true_type {};
+
+template <class P, class = void>
+struct has_preserves_positivity : std::false_type {};
+template <class P>
+struct has_preserves_positivity<P, std::void_t<decltype(bool(std::declval<const P&>().preserves_positivity(index(0))))>>
+    : std::true_type {};
+
+template <class P, class S, class = void>
+struct has_pre_hook : std::false_type {};
+template <class P, class S>
+struct has_pre_hook<P, S,
+                    std::void_t<decltype(index(std::declval<const P&>().pre_output_dim(index(1)))),
+                                decltype(std::declval<const P&>().encode_pre(std::declval<const in_ref<S>&>(),
+                                                                             std::declval<out_ref<S>>(), index(0),
+                                                                             index(0), role::query))>>
+    : std::true_type {};
+
+template <class P, class S, class = void>
+struct has_post_hook : std::false_type {};
+template <class P, class S>
+struct has_post_hook<P, S,
+                     std::void_t<decltype(index(std::declval<const P&>().post_output_dim(index(1)))),
+                                 decltype(std::declval<const P&>().encode_post(std::declval<const in_ref<S>&>(),
+                                                                               std::declval<out_ref<S>>(), index(0),
+                                                                               index(0), role::query))>>
+    : std::true_type {};
+
+template <class P, class S, class = void>
+struct has_mixing_hook : std::false_type {};
+template <class P, class S>
+struct has_mixing_hook<P, S,
+                       std::void_t<decltype(std::declval<const P&>().template mixing_weights<S>(index(0), true))>>
+    : std::true_type {};
+
+/// Optional `check_input(input_dim, head)` on either policy: called before any work, may throw.
+template <class P, class = void>
+struct has_check_input : std::false_type {};
+template <class P>
+struct has_check_input<P, std::void_t<decltype(std::declval<const P&>().check_input(index(1), index(0)))>>
+    : std::true_type {};
+
+template <class P>
+void check_input_if_any(const P& policy, index input_dim, index head)
+{
+    if constexpr (has_check_input<P>::value) policy.check_input(input_dim, head);
+}
+
+template <class P, class S>
+constexpr bool pre_ok()
+{
+    if constexpr (has_stage_flags<P>::value) return !P::has_pre_feature || has_pre_hook<P, S>::value;
+    else return false;
+}
+template <class P, class S>
+constexpr bool post_ok()
+{
+    if constexpr (has_stage_flags<P>::value) return !P::has_post_feature || has_post_hook<P, S>::value;
+    else return false;
+}
+template <class P, class S>
+constexpr bool mixing_ok()
+{
+    if constexpr (has_stage_flags<P>::value) return !P::has_mixing || has_mixing_hook<P, S>::value;
+    else return false;
+}
+
+/// True when P declares its stages and provides the hook of every stage it declares.
+template <class P, class S>
+inline constexpr bool is_positional_encoding_v = has_stage_flags<P>::value && has_preserves_positivity<P>::value &&
+                                                 pre_ok<P, S>() && post_ok<P, S>() && mixing_ok<P, S>();
+
+/// Scalar of a positional encoding that names one (`scalar_type`), float otherwise.
+template <class P, class = void>
+struct scalar_of {
+    using type = float;
+};
+template <class P>
+struct scalar_of<P, std::void_t<typename P::scalar_type>> {
+    using type = typename P::scalar_type;
+};
+
+} // namespace detail
+} // namespace linrpe

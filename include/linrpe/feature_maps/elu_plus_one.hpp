@@ -1,0 +1,23 @@
+#pragma once
+/// \file
+/// \brief feature_maps::elu_plus_one: φ(x) = elu(x) + 1 (Katharopoulos et al., ICML 2020).
+
+#include "../types.hpp"
+
+namespace linrpe {
+namespace feature_maps {
+
+/// \brief φ(x) = elu(x) + 1 = (x + 1 for x > 0, exp(x) otherwise): positive, so `sum` normalization is safe.
+/// Katharopoulos, Vyas, Pappas, Fleuret, *Transformers are RNNs*, ICML 2020. Cost O(N·D).
+struct elu_plus_one {
+    static constexpr bool is_positive = true;
+    index output_dim(index input_dim) const { return input_dim; }
+    template <class S>
+    void apply(const Eigen::Ref<const row_matrix<S>>& x, Eigen::Ref<row_matrix<S>> phi, const feature_context&) const
+    {
+        phi = x.unaryExpr([](S v) { return v > S(0) ? v + S(1) : std::exp(v); });
+    }
+};
+
+} // namespace feature_maps
+} // namespace linrpe

@@ -1,0 +1,102 @@
+#pragma once
+/// \file
+/// \brief feature_maps::favor: Performer's FAVOR+ positive random features for the softmax kernel.
+
+#include "../detail/random_projection.hpp"
+#include "../errors.hpp"
+#include "../types.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace linrpe {
+namespace feature_maps {
+
+/// \brief FAVOR+ positive random features (Choromanski et al., *Rethinking Attention with Performers*, ICLR 2021).
+///
+///     x' = x · D^{-1/4},   φ(x) = M^{-1/2} exp(ω x' − ‖x'‖²/2)                     (M features)
+///     hyperbolic:          φ(x) = (2M)^{-1/2} [exp(ω x' − ‖x'‖²/2), exp(−ω x' − ‖x'‖²/2)]  (2M features)
+///
+/// so that E[φ(q)·φ(k)] = exp(q·k/√D), the softmax kernel. ω (M × D) has iid N(0, 1) rows, or stacked
+/// blocks of D orthogonal rows with chi(D) norms (lower variance). Cost O(N·M·D) per call, O(M·D) state
+/// per independent draw.
+///
+/// Stabilization never looks at future tokens: query rows are shifted by their own maximum only where a
+/// per-row factor cancels (`sum` normalization); key rows are shifted by the global maximum only where the
+/// whole key set is one non-causal call under `sum`; everywhere else φ is the exact formula above.
+/// Up to the eps term, the shifts leave the attention output unchanged.
+class favor {
+public:
+    static constexpr bool is_positive = true;
+
+    /// \param input_dim D, the width of the rows the map receives (R after SPE).
+    /// \param features  M, the number of random features (>= 1).
+    /// \param seed      key of the random stream: the same seed gives the same ω everywhere.
+    /// \param orthogonal block-orthogonal rows (true) or iid rows (false).
+    /// \param hyperbolic the symmetric variant with 2M features.
+    /// \param heads     number of independent draws: 1 shares ω across heads, H gives head h its own ω.
+    favor(index input_dim, index features, std::uint64_t seed = 0, bool orthogonal = true, bool hyperbolic = false,
+          index heads = 1)
+        : m_input_dim(input_dim), m_features(features), m_orthogonal(orthogonal), m_hyperbolic(hyperbolic)
+    {
+        detail::require_positive("favor input_dim", input_dim);
+        detail::require_positive("favor features", features);
+        detail::require_positive("favor heads", heads);
+        m_omega.resize(static_cast<std::size_t>(heads));
+        redraw(seed);
+    }
+
+    /// Draws a new ω for every head from `seed`.
+    void redraw(std::uint64_t seed)
+    {
+        for (std::size_t h = 0; h < m_omega.size(); ++h)
+            m_omega[h] = detail::projection_matrix(seed, static_cast<std::uint32_t>(h), m_features, m_input_dim, m_orthogonal);
+    }
+
+    index output_dim(index /*input_dim*/) const { return m_hyperbolic ? 2 * m_features : m_features; }
+    index input_dim() const { return m_input_dim; }
+    index features() const { return m_features; }
+    index heads() const { return static_cast<index>(m_omega.size()); }
+    /// ω of `head` (M × D); plain data, so that trained or externally drawn projections can be loaded.
+    row_matrix<double>& projection(index head = 0) { return m_omega[draw_of(head)]; }
+    const row_matrix<double>& projection(index head = 0) const { return m_omega[draw_of(head)]; }
+
+    void check_input(index input_dim, index head) const
+    {
+        if (input_dim != m_input_dim) detail::fail("favor input_dim (query/key width)", m_input_dim, input_dim);
+        if (m_omega.size() > 1 && (head < 0 || head >= heads()))
+            detail::fail("head", detail::concat("a head index in [0, ", heads(), ") of favor"), head);
+    }
+
+    template <class S>
+    void apply(const Eigen::Ref<const row_matrix<S>>& x, Eigen::Ref<row_matrix<S>> phi, const feature_context& ctx) const
+    {
+        const index n = x.rows(), m = m_features;
+        if (n == 0) return;
+        const S scale = static_cast<S>(std::pow(static_cast<double>(m_input_dim), -0.25));
+        const row_matrix<S> omega = projection(ctx.head).template cast<S>();                // (M, D)
+        const row_matrix<S> xs = x * scale;                                                  // (n, D)
+        const vector<S> half_sq = S(0.5) * xs.rowwise().squaredNorm();                       // (n)
+        auto lin = phi.leftCols(m);
+        lin.noalias() = xs * omega.transpose();                                              // (n, M)
+        if (m_hyperbolic) phi.rightCols(m) = -lin;
+        phi.colwise() -= half_sq;                                                            // log φ up to a constant
+        const bool shift_rows = ctx.which == role::query && ctx.row_scale_cancels;
+        const bool shift_all = ctx.which == role::key && ctx.key_scale_cancels;
+        if (shift_rows) phi.colwise() -= phi.rowwise().maxCoeff();
+        else if (shift_all) phi.array() -= phi.maxCoeff();
+        const S norm = static_cast<S>(1.0 / std::sqrt(static_cast<double>(phi.cols())));
+        phi = (phi.array().exp() * norm).matrix();
+    }
+
+private:
+    std::size_t draw_of(index head) const { return m_omega.size() == 1 ? 0 : static_cast<std::size_t>(head); }
+
+    index m_input_dim, m_features;
+    bool m_orthogonal, m_hyperbolic;
+    std::vector<row_matrix<double>> m_omega;
+};
+
+} // namespace feature_maps
+} // namespace linrpe

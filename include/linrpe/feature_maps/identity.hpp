@@ -1,0 +1,23 @@
+#pragma once
+/// \file
+/// \brief feature_maps::identity: φ(x) = x (signed; the un-normalized "linear" kernel q·k).
+
+#include "../types.hpp"
+
+namespace linrpe {
+namespace feature_maps {
+
+/// \brief φ(x) = x. Scores q·k are signed, so use normalization::rms or none (or opt in to sum).
+/// Cost O(N·D) (a copy).
+struct identity {
+    static constexpr bool is_positive = false;
+    index output_dim(index input_dim) const { return input_dim; }
+    template <class S>
+    void apply(const Eigen::Ref<const row_matrix<S>>& x, Eigen::Ref<row_matrix<S>> phi, const feature_context&) const
+    {
+        phi = x;
+    }
+};
+
+} // namespace feature_maps
+} // namespace linrpe

@@ -1,0 +1,81 @@
+#pragma once
+/// \file
+/// \brief feature_maps::trig_features: trigonometric random features for the softmax kernel (signed).
+
+#include "../detail/random_projection.hpp"
+#include "../errors.hpp"
+#include "../types.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace linrpe {
+namespace feature_maps {
+
+/// \brief Trigonometric random features (Rahimi & Recht, NIPS 2007; Performer's "TRF", Choromanski et
+/// al., ICLR 2021):
+///
+///     x' = x · D^{-1/4},   φ(x) = M^{-1/2} exp(‖x'‖²/2) [sin(ω x'), cos(ω x')]     (2M features)
+///
+/// with E[φ(q)·φ(k)] = exp(q·k/√D). Features are signed, so scores can be negative and `sum`
+/// normalization needs `allow_signed_normalizer` (as in Performer). Where a per-row factor cancels
+/// (`sum`), the query factor exp(‖q'‖²/2) is dropped. Cost O(N·M·D); ω as in favor.
+class trig_features {
+public:
+    static constexpr bool is_positive = false;
+
+    trig_features(index input_dim, index features, std::uint64_t seed = 0, bool orthogonal = true, index heads = 1)
+        : m_input_dim(input_dim), m_features(features), m_orthogonal(orthogonal)
+    {
+        detail::require_positive("trig_features input_dim", input_dim);
+        detail::require_positive("trig_features features", features);
+        detail::require_positive("trig_features heads", heads);
+        m_omega.resize(static_cast<std::size_t>(heads));
+        redraw(seed);
+    }
+
+    void redraw(std::uint64_t seed)
+    {
+        for (std::size_t h = 0; h < m_omega.size(); ++h)
+            m_omega[h] = detail::projection_matrix(seed, static_cast<std::uint32_t>(h), m_features, m_input_dim, m_orthogonal);
+    }
+
+    index output_dim(index /*input_dim*/) const { return 2 * m_features; }
+    index heads() const { return static_cast<index>(m_omega.size()); }
+    row_matrix<double>& projection(index head = 0) { return m_omega[draw_of(head)]; }
+    const row_matrix<double>& projection(index head = 0) const { return m_omega[draw_of(head)]; }
+
+    void check_input(index input_dim, index head) const
+    {
+        if (input_dim != m_input_dim) detail::fail("trig_features input_dim (query/key width)", m_input_dim, input_dim);
+        if (m_omega.size() > 1 && (head < 0 || head >= heads()))
+            detail::fail("head", detail::concat("a head index in [0, ", heads(), ") of trig_features"), head);
+    }
+
+    template <class S>
+    void apply(const Eigen::Ref<const row_matrix<S>>& x, Eigen::Ref<row_matrix<S>> phi, const feature_context& ctx) const
+    {
+        const index n = x.rows(), m = m_features;
+        if (n == 0) return;
+        const S scale = static_cast<S>(std::pow(static_cast<double>(m_input_dim), -0.25));
+        const row_matrix<S> omega = projection(ctx.head).template cast<S>(); // (M, D)
+        const row_matrix<S> xs = x * scale;                                   // (n, D)
+        row_matrix<S> proj = xs * omega.transpose();                          // (n, M)
+        vector<S> amp = vector<S>::Constant(n, static_cast<S>(1.0 / std::sqrt(static_cast<double>(m))));
+        if (!(ctx.which == role::query && ctx.row_scale_cancels))
+            amp = (amp.array() * (S(0.5) * xs.rowwise().squaredNorm().array()).exp()).matrix();
+        phi.leftCols(m) = (proj.array().sin().colwise() * amp.array()).matrix();
+        phi.rightCols(m) = (proj.array().cos().colwise() * amp.array()).matrix();
+    }
+
+private:
+    std::size_t draw_of(index head) const { return m_omega.size() == 1 ? 0 : static_cast<std::size_t>(head); }
+
+    index m_input_dim, m_features;
+    bool m_orthogonal;
+    std::vector<row_matrix<double>> m_omega;
+};
+
+} // namespace feature_maps
+} // namespace linrpe

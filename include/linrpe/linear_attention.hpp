@@ -1,0 +1,309 @@
+#pragma once
+/// \file
+/// \brief linear_attention: the one core that every positional-encoding family plugs into.
+
+#include "detail/linear_mixer.hpp"
+#include "detail/parallel.hpp"
+#include "detail/toeplitz_mixer.hpp"
+#include "detail/traits.hpp"
+#include "errors.hpp"
+#include "positional/none.hpp"
+#include "types.hpp"
+#include "views.hpp"
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <type_traits>
+
+namespace linrpe {
+
+template <class Attention>
+class decoder;
+
+/// \brief Linear (kernelized) attention with a positional encoding, for one head or a batch of heads.
+///
+/// For each query i (DESIGN §2):
+///
+///     ψ_i = post_i(φ(pre_i(q_i))),  κ_j = post_j(φ(pre_j(k_j)))
+///     out_i = Σ_j w_ij ⟨ψ_i, κ_j⟩ v_j / (Σ_j w_ij ⟨ψ_i, κ_j⟩ + eps)        (normalization::sum)
+///
+/// with w_ij = 1, the causal mask 1[j <= i], or the encoding's relative weights c_{j−i} (times the mask).
+/// Without sequence-mixing weights the cost is O((N + Nk)·M'·E) time and O(M'·E) state (non-causal: two
+/// GEMMs; causal: chunked GEMMs); with Toeplitz weights see positional::toeplitz_rpe.
+///
+/// \tparam FeatureMap         φ: `is_positive`, `output_dim(D)`, `apply(X, Φ, feature_context)`.
+/// \tparam PositionalEncoding stage flags, `preserves_positivity(max_offset)` and the hooks of its stages.
+/// \tparam Scalar             float or double; all accumulation is in Scalar.
+template <class FeatureMap, class PositionalEncoding = positional::none,
+          class Scalar = typename detail::scalar_of<PositionalEncoding>::type>
+class linear_attention {
+    static_assert(std::is_floating_point<Scalar>::value, "linear_attention needs a floating-point Scalar (float or double).");
+    static_assert(detail::is_feature_map_v<FeatureMap, Scalar>,
+                  "FeatureMap must provide `static constexpr bool is_positive`, `index output_dim(index) const` and "
+                  "`void apply(const Eigen::Ref<const row_matrix<S>>&, Eigen::Ref<row_matrix<S>>, const feature_context&) const`.");
+    static_assert(detail::is_positional_encoding_v<PositionalEncoding, Scalar>,
+                  "PositionalEncoding must provide `has_pre_feature`, `has_post_feature`, `has_mixing`, "
+                  "`bool preserves_positivity(index) const`, and the hooks of every stage it declares: "
+                  "pre_output_dim/encode_pre, post_output_dim/encode_post, mixing_weights<S>(head, bool).");
+
+public:
+    using feature_map_type = FeatureMap;
+    using positional_encoding_type = PositionalEncoding;
+    using scalar_type = Scalar;
+    using matrix = row_matrix<Scalar>;
+    using const_ref = Eigen::Ref<const matrix>;
+    using ref = Eigen::Ref<matrix>;
+    using options_type = options<Scalar>;
+
+    explicit linear_attention(FeatureMap feature_map = FeatureMap(), PositionalEncoding encoding = PositionalEncoding(),
+                              options_type opt = options_type())
+        : m_map(std::move(feature_map)), m_pe(std::move(encoding)), m_opt(opt)
+    {
+        validate_options(m_opt);
+    }
+
+    const FeatureMap& feature_map() const { return m_map; }
+    FeatureMap& feature_map() { return m_map; }
+    const PositionalEncoding& positional() const { return m_pe; }
+    PositionalEncoding& positional() { return m_pe; }
+    const options_type& opts() const { return m_opt; }
+    void set_options(const options_type& opt)
+    {
+        validate_options(opt);
+        m_opt = opt;
+    }
+
+    /// Width R of the rows φ receives (D unless the encoding has a pre-feature stage).
+    index feature_input_dim(index input_dim) const
+    {
+        if constexpr (PositionalEncoding::has_pre_feature) return m_pe.pre_output_dim(input_dim);
+        else return input_dim;
+    }
+    /// Width M' of ψ and κ.
+    index encoded_dim(index input_dim) const
+    {
+        const index m = m_map.output_dim(feature_input_dim(input_dim));
+        if constexpr (PositionalEncoding::has_post_feature) return m_pe.post_output_dim(m);
+        else return m;
+    }
+
+    /// \brief Single head: returns out (N, E) for Q (N, D), K (Nk, D), V (Nk, E); queries and keys start
+    /// at absolute position `first_position`.
+    matrix operator()(const const_ref& q, const const_ref& k, const const_ref& v, index head = 0,
+                      index first_position = 0) const
+    {
+        matrix out(q.rows(), v.cols());
+        forward(q, k, v, out, head, first_position, first_position);
+        return out;
+    }
+
+    /// Single head into `out` (N, E), queries at q_first.., keys at k_first..; throws before writing.
+    void forward(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head = 0,
+                 index q_first = 0) const
+    {
+        forward(q, k, v, out, head, q_first, q_first);
+    }
+    void forward(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index q_first,
+                 index k_first) const
+    {
+        validate_head(q.rows(), q.cols(), k.rows(), k.cols(), v.rows(), v.cols(), head, q_first, k_first);
+        if (out.rows() != q.rows() || out.cols() != v.cols())
+            detail::fail("out shape", detail::shape(q.rows(), v.cols()), detail::shape(out.rows(), out.cols()));
+        run_head(q, k, v, out, head, q_first, k_first, nullptr);
+    }
+
+    /// \brief Batched: q (B, H, N, D), k (B, H, Nk, D), v (B, H, Nk, E), out (B, H, N, E) as strided views
+    /// (either memory layout). Threads over B·H; the result does not depend on the thread count.
+    void forward(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
+                 tensor_view<Scalar> out, index first_position = 0) const
+    {
+        validate_batch(q, k, v, out, first_position);
+        const index heads = q.heads();
+        detail::parallel_for(q.batch() * heads, m_opt.threads, [&](index bh) {
+            const index b = bh / heads, h = bh % heads;
+            run_head(q.slice(b, h), k.slice(b, h), v.slice(b, h), out.slice(b, h), h, first_position, first_position,
+                     nullptr);
+        });
+    }
+
+    /// \brief ψ (role::query) or κ (role::key) of the rows `x` at positions first_position.. for `head`,
+    /// exactly as forward() computes them for a whole sequence: the input of the exact references.
+    matrix features(const const_ref& x, role which, index head = 0, index first_position = 0) const
+    {
+        detail::check_input_if_any(m_map, feature_input_dim(x.cols()), head);
+        detail::check_input_if_any(m_pe, x.cols(), head);
+        return encode(x, which, head, first_position);
+    }
+
+    /// \brief The explicit mixing weights W (N, Nk) that forward() applies: the causal mask and, for a
+    /// sequence-mixing encoding, c_{j−i} (shifted by max b where `sum` lets the factor cancel).
+    matrix mixing_matrix(index rows, index cols, index head = 0, index q_first = 0, index k_first = 0) const
+    {
+        matrix w = matrix::Ones(rows, cols);
+        if constexpr (PositionalEncoding::has_mixing) {
+            const auto c = m_pe.template mixing_weights<Scalar>(head, common_factor_cancels());
+            for (index i = 0; i < rows; ++i)
+                for (index j = 0; j < cols; ++j) w(i, j) = c.at((k_first + j) - (q_first + i));
+        }
+        if (m_opt.mask == masking::causal)
+            for (index i = 0; i < rows; ++i)
+                for (index j = 0; j < cols; ++j)
+                    if (k_first + j > q_first + i) w(i, j) = Scalar(0);
+        return w;
+    }
+
+    /// A streaming decoder for `batch` sequences of `heads` heads (needs masking::causal).
+    linrpe::decoder<linear_attention> decoder(index batch = 1, index heads = 1) const
+    {
+        return linrpe::decoder<linear_attention>(*this, batch, heads);
+    }
+
+private:
+    friend class linrpe::decoder<linear_attention>;
+
+    bool common_factor_cancels() const { return m_opt.norm == normalization::sum; }
+
+    static void validate_options(const options_type& opt)
+    {
+        if (!(opt.eps > Scalar(0)) || !std::isfinite(static_cast<double>(opt.eps)))
+            detail::fail("options.eps", "a finite value > 0", opt.eps);
+        if (opt.chunk_size < 1) detail::fail("options.chunk_size", "a value >= 1", opt.chunk_size);
+        if (opt.threads < 0) detail::fail("options.threads", "a value >= 0 (0 = OpenMP default)", opt.threads);
+        if (opt.norm == normalization::sum && !FeatureMap::is_positive && !opt.allow_signed_normalizer)
+            detail::fail("options.norm", "normalization::rms or none for a feature map with signed features "
+                                         "(or set allow_signed_normalizer: sum can divide by ~0)", "normalization::sum");
+    }
+
+    void validate_head(index n, index d, index nk, index dk, index nv, index e, index head, index q_first,
+                       index k_first) const
+    {
+        if (dk != d) detail::fail("k columns (key width must equal query width)", d, dk);
+        if (nv != nk) detail::fail("v rows (values must match keys)", nk, nv);
+        if (head < 0) detail::fail("head", "a value >= 0", head);
+        if (q_first < 0) detail::fail("first_position", "a value >= 0", q_first);
+        if (k_first < 0) detail::fail("key first_position", "a value >= 0", k_first);
+        if (m_opt.mask == masking::causal) {
+            if (nk != n) detail::fail("k rows (causal attention needs as many keys as queries)", n, nk);
+            if (k_first != q_first) detail::fail("key first_position (causal: same as queries)", q_first, k_first);
+        }
+        detail::check_input_if_any(m_pe, d, head);
+        detail::check_input_if_any(m_map, feature_input_dim(d), head);
+        if (m_opt.norm == normalization::sum && !m_opt.allow_signed_normalizer && n > 0 && nk > 0) {
+            const index max_offset = std::max(std::abs((k_first + nk - 1) - q_first), std::abs((q_first + n - 1) - k_first));
+            if (!m_pe.preserves_positivity(max_offset))
+                detail::fail("options.norm", detail::concat("normalization::rms or none: this positional encoding can make scores "
+                                                            "negative at offsets up to ", max_offset,
+                                                            " (or set allow_signed_normalizer)"),
+                             "normalization::sum");
+        }
+    }
+
+    void validate_batch(const tensor_view<const Scalar>& q, const tensor_view<const Scalar>& k,
+                        const tensor_view<const Scalar>& v, const tensor_view<Scalar>& out, index first_position) const
+    {
+        q.validate("q view");
+        k.validate("k view");
+        v.validate("v view");
+        out.validate("out view");
+        const auto dims = [](index a, index b, index c, index d) { return detail::concat("(", a, ", ", b, ", ", c, ", ", d, ")"); };
+        if (k.batch() != q.batch() || k.heads() != q.heads())
+            detail::fail("k view extents", dims(q.batch(), q.heads(), k.tokens(), q.channels()), dims(k.batch(), k.heads(), k.tokens(), k.channels()));
+        if (v.batch() != q.batch() || v.heads() != q.heads())
+            detail::fail("v view extents", dims(q.batch(), q.heads(), k.tokens(), v.channels()), dims(v.batch(), v.heads(), v.tokens(), v.channels()));
+        if (out.batch() != q.batch() || out.heads() != q.heads() || out.tokens() != q.tokens() || out.channels() != v.channels())
+            detail::fail("out view extents", dims(q.batch(), q.heads(), q.tokens(), v.channels()),
+                         dims(out.batch(), out.heads(), out.tokens(), out.channels()));
+        for (index h = 0; h < q.heads(); ++h)
+            validate_head(q.tokens(), q.channels(), k.tokens(), k.channels(), v.tokens(), v.channels(), h, first_position,
+                          first_position);
+    }
+
+    feature_context context(role which, index head) const
+    {
+        feature_context ctx;
+        ctx.which = which;
+        ctx.head = head;
+        ctx.row_scale_cancels = m_opt.norm == normalization::sum;
+        ctx.key_scale_cancels = m_opt.norm == normalization::sum && m_opt.mask == masking::none;
+        return ctx;
+    }
+
+    // pre-feature stage → φ → post-feature stage, for rows at positions first.. (no validation).
+    matrix encode(const const_ref& x, role which, index head, index first, bool whole_sequence = true) const
+    {
+        feature_context ctx = context(which, head);
+        ctx.key_scale_cancels = ctx.key_scale_cancels && whole_sequence;
+        const index n = x.rows();
+        const index r = feature_input_dim(x.cols());
+        matrix phi(n, m_map.output_dim(r));
+        if constexpr (PositionalEncoding::has_pre_feature) {
+            matrix u(n, r); // (n, R)
+            m_pe.encode_pre(x, ref(u), first, head, which);
+            m_map.apply(const_ref(u), ref(phi), ctx);
+        } else {
+            m_map.apply(x, ref(phi), ctx);
+        }
+        if constexpr (PositionalEncoding::has_post_feature) {
+            matrix psi(n, m_pe.post_output_dim(phi.cols())); // (n, M')
+            m_pe.encode_post(const_ref(phi), ref(psi), first, head, which);
+            return psi;
+        } else {
+            return phi;
+        }
+    }
+
+    // Validated inputs → out. With `state` (decoder), causal mixing continues from and updates it.
+    void run_head(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index q_first,
+                  index k_first, matrix* state) const
+    {
+        const index n = q.rows(), nk = k.rows(), e = v.cols();
+        if (n == 0) return;
+        const bool causal = m_opt.mask == masking::causal;
+        const matrix psi = encode(q, role::query, head, q_first);                   // (N, M')
+        const matrix kappa = encode(k, role::key, head, k_first, state == nullptr); // (Nk, M')
+        // Vx = [V, 1]: the denominator rides along as one more value column of the same GEMMs.
+        const bool with_den = m_opt.norm == normalization::sum;
+        matrix vx(nk, with_den ? e + 1 : e); // (Nk, Ex)
+        vx.leftCols(e) = v;
+        if (with_den) vx.col(e).setOnes();
+        matrix num(n, vx.cols()); // (N, Ex)
+        if constexpr (PositionalEncoding::has_mixing) {
+            detail::toeplitz_mix<Scalar>(m_pe.template mixing_weights<Scalar>(head, common_factor_cancels()), psi, kappa, vx, num,
+                                 q_first, k_first, causal, m_opt.toeplitz);
+        } else if (causal) {
+            matrix fresh;
+            matrix& s = state ? *state : fresh;
+            if (s.size() == 0) s = matrix::Zero(psi.cols(), vx.cols());
+            detail::mix_causal<Scalar>(psi, kappa, vx, num, s, m_opt.chunk_size);
+        } else {
+            detail::mix_all<Scalar>(psi, kappa, vx, num);
+        }
+        normalize(num, out, e);
+    }
+
+    void normalize(const matrix& num, ref out, index e) const
+    {
+        switch (m_opt.norm) {
+        case normalization::sum:
+            out = (num.leftCols(e).array().colwise() / (num.col(e).array() + m_opt.eps)).matrix();
+            break;
+        case normalization::none:
+            out = num;
+            break;
+        case normalization::rms: {
+            const auto ms = num.rowwise().squaredNorm().array() / static_cast<Scalar>(std::max<index>(e, 1));
+            out = (num.array().colwise() * (ms + m_opt.eps).rsqrt()).matrix();
+            break;
+        }
+        }
+    }
+
+    FeatureMap m_map;
+    PositionalEncoding m_pe;
+    options_type m_opt;
+};
+
+} // namespace linrpe
+
+#include "decoder.hpp"
