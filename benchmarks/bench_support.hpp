@@ -9,6 +9,7 @@
 
 namespace bench {
 using namespace linrpe;
+using linrpe::index;
 
 /// A (B, H, N, D) buffer of uniform values in [-scale, scale], fixed seed.
 template <class S>

@@ -6,6 +6,7 @@
 
 namespace {
 using namespace linrpe;
+using linrpe::index;
 constexpr index heads = 8, width = 64;
 
 template <masking Mask>

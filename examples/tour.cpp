@@ -10,6 +10,7 @@
 
 namespace {
 using namespace linrpe;
+using linrpe::index; // a using-declaration beats POSIX ::index from <strings.h>
 using clock_type = std::chrono::steady_clock;
 
 double seconds(const std::function<void()>& f)
@@ -37,7 +38,7 @@ void row(const char* name, const Attention& attn, const row_matrix<float>& q, co
 int main(int argc, char** argv)
 {
     const bool smoke = argc > 1 && std::strcmp(argv[1], "--smoke") == 0;
-    const index n = smoke ? 256 : 4096, d = 64;
+    const linrpe::index n = smoke ? 256 : 4096, d = 64;
     std::printf("linrpe %s tour: one head, N = %ld, D = M = E = %ld, float\n\n", LINRPE_VERSION_STRING, static_cast<long>(n),
                 static_cast<long>(d));
     const row_matrix<float> q = row_matrix<float>::Random(n, d) * 0.5f, k = row_matrix<float>::Random(n, d) * 0.5f,

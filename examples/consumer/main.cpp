@@ -7,6 +7,7 @@
 int main()
 {
     using namespace linrpe;
+    using linrpe::index;
     const row_matrix<double> q = row_matrix<double>::Random(257, 32), k = row_matrix<double>::Random(257, 32),
                              v = row_matrix<double>::Random(257, 16);
     options<double> opt;

@@ -6,6 +6,7 @@
 
 namespace {
 using namespace linrpe;
+using linrpe::index; // a using-declaration beats POSIX ::index from <strings.h>
 
 struct no_apply {
     static constexpr bool is_positive = true;
