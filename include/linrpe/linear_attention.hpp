@@ -175,7 +175,7 @@ private:
                                          "(or set allow_signed_normalizer: sum can divide by ~0)", "normalization::sum");
     }
 
-    void validate_head(index n, index d, index nk, index dk, index nv, index e, index head, index q_first,
+    void validate_head(index n, index d, index nk, index dk, index nv, index /*e*/, index head, index q_first,
                        index k_first) const
     {
         if (dk != d) detail::fail("k columns (key width must equal query width)", d, dk);
