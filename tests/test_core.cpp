@@ -146,3 +146,31 @@ TEMPLATE_TEST_CASE("batched results do not depend on the thread count", "[core][
         REQUIRE(outs[0] == outs[2]);
     }
 }
+
+TEMPLATE_TEST_CASE("one long head: blocked, threaded mixing is thread-count independent", "[core][threads]", float, double)
+{
+    using S = TestType;
+    // N spans several non-causal key blocks (4096 rows) and many causal chunks, so both phases of both
+    // mixers run in parallel when threads > 1.
+    const linrpe::index n = 9000, d = 8, e = 6;
+    const row_matrix<S> q = test::uniform<S>(n, d, 21, 0.5), k = test::uniform<S>(n, d, 22, 0.5), v = test::uniform<S>(n, e, 23);
+    for (const masking mask : {masking::none, masking::causal}) {
+        std::vector<row_matrix<S>> outs;
+        for (const int threads : {1, 2}) {
+            options<S> opt;
+            opt.mask = mask;
+            opt.threads = threads;
+            const linear_attention<feature_maps::elu_plus_one, positional::none, S> attn({}, {}, opt);
+            outs.push_back(attn(q, k, v));
+        }
+        CAPTURE(int(mask));
+        REQUIRE(test::bit_identical(outs[0], outs[1]));
+        options<S> opt;
+        opt.mask = mask;
+        const linear_attention<feature_maps::elu_plus_one, positional::none, S> attn({}, {}, opt);
+        const auto [ref, bound] = test::reference_and_bound(attn, q, k, v);
+        const double err = test::abs_error(outs[0], ref);
+        CAPTURE(err, bound);
+        REQUIRE(err <= bound);
+    }
+}

@@ -275,9 +275,9 @@ private:
             matrix fresh;
             matrix& s = state ? *state : fresh;
             if (s.size() == 0) s = matrix::Zero(psi.cols(), vx.cols());
-            detail::mix_causal<Scalar>(psi, kappa, vx, num, s, m_opt.chunk_size);
+            detail::mix_causal<Scalar>(psi, kappa, vx, num, s, m_opt.chunk_size, m_opt.threads);
         } else {
-            detail::mix_all<Scalar>(psi, kappa, vx, num);
+            detail::mix_all<Scalar>(psi, kappa, vx, num, m_opt.threads);
         }
         normalize(num, out, e);
     }
