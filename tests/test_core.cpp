@@ -152,7 +152,7 @@ TEMPLATE_TEST_CASE("one long head: blocked, threaded mixing is thread-count inde
     using S = TestType;
     // N spans several non-causal key blocks (4096 rows) and many causal chunks, so both phases of both
     // mixers run in parallel when threads > 1.
-    const linrpe::index n = 9000, d = 8, e = 6;
+    const linrpe::index n = 4200, d = 8, e = 6;
     const row_matrix<S> q = test::uniform<S>(n, d, 21, 0.5), k = test::uniform<S>(n, d, 22, 0.5), v = test::uniform<S>(n, e, 23);
     for (const masking mask : {masking::none, masking::causal}) {
         std::vector<row_matrix<S>> outs;
