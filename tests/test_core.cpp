@@ -116,10 +116,14 @@ TEMPLATE_TEST_CASE("batched views in both layouts equal per-head calls", "[core]
                 const row_matrix<S> per_head = attn(qs[bi * h + hi], ks[bi * h + hi], vs[bi * h + hi], hi);
                 const row_matrix<S> x = view_bhnd(o_bhnd.data(), b, h, n, e).slice(bi, hi);
                 const row_matrix<S> y = view_bnhd(o_bnhd.data(), b, n, h, e).slice(bi, hi);
-                // The same per-head kernel runs on the same values: results are bit-identical.
-                CAPTURE(bi, hi, int(mask));
-                REQUIRE(test::bit_identical(x, per_head));
-                REQUIRE(test::bit_identical(y, per_head));
+                // The same per-head kernel runs on the same values, but Eigen's GEMM kernels may peel
+                // differently for differently aligned buffers (a strided slice vs a fresh matrix), so
+                // the layouts agree to rounding: each is within the derived bound of the exact result.
+                const auto [ref, bound] = test::reference_and_bound(attn, qs[bi * h + hi], ks[bi * h + hi], vs[bi * h + hi], hi);
+                CAPTURE(bi, hi, int(mask), bound);
+                REQUIRE(test::abs_error(per_head, ref) <= bound);
+                REQUIRE(test::abs_error(x, ref) <= bound);
+                REQUIRE(test::abs_error(y, ref) <= bound);
             }
     }
 }

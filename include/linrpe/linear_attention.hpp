@@ -262,38 +262,45 @@ private:
         const bool causal = m_opt.mask == masking::causal;
         const matrix psi = encode(q, role::query, head, q_first);                   // (N, M')
         const matrix kappa = encode(k, role::key, head, k_first, state == nullptr); // (Nk, M')
-        // Vx = [V, 1]: the denominator rides along as one more value column of the same GEMMs.
         const bool with_den = m_opt.norm == normalization::sum;
-        matrix vx(nk, with_den ? e + 1 : e); // (Nk, Ex)
-        vx.leftCols(e) = v;
-        if (with_den) vx.col(e).setOnes();
-        matrix num(n, vx.cols()); // (N, Ex)
         if constexpr (PositionalEncoding::has_mixing) {
-            detail::toeplitz_mix<Scalar>(m_pe.template mixing_weights<Scalar>(head, common_factor_cancels()), psi, kappa, vx, num,
-                                 q_first, k_first, causal, m_opt.toeplitz);
-        } else if (causal) {
-            matrix fresh;
-            matrix& s = state ? *state : fresh;
-            if (s.size() == 0) s = matrix::Zero(psi.cols(), vx.cols());
-            detail::mix_causal<Scalar>(psi, kappa, vx, num, s, m_opt.chunk_size, m_opt.threads);
+            // Vx = [V, 1]: the denominator rides along as one more value column of the same products.
+            matrix vx(nk, with_den ? e + 1 : e); // (Nk, Ex)
+            vx.leftCols(e) = v;
+            if (with_den) vx.col(e).setOnes();
+            matrix num(n, vx.cols()); // (N, Ex)
+            detail::toeplitz_mix<Scalar>(m_pe.template mixing_weights<Scalar>(head, common_factor_cancels()), psi, kappa,
+                                         vx, num, q_first, k_first, causal, m_opt.toeplitz);
+            out = num.leftCols(e);
+            vector<Scalar> den = with_den ? vector<Scalar>(num.col(e)) : vector<Scalar>();
+            normalize(out, with_den ? &den : nullptr);
         } else {
-            detail::mix_all<Scalar>(psi, kappa, vx, num, m_opt.threads);
+            // The numerator is accumulated straight into `out` and normalized in place.
+            vector<Scalar> den(with_den ? n : 0);
+            if (causal) {
+                matrix fresh;
+                detail::mix_causal<Scalar>(psi, kappa, v, out, with_den ? &den : nullptr, state ? *state : fresh,
+                                           m_opt.chunk_size, m_opt.threads);
+            } else {
+                detail::mix_all<Scalar>(psi, kappa, v, out, with_den ? &den : nullptr, m_opt.threads);
+            }
+            normalize(out, with_den ? &den : nullptr);
         }
-        normalize(num, out, e);
     }
 
-    void normalize(const matrix& num, ref out, index e) const
+    // out holds the numerator; divides by den + eps (sum) or by the row RMS (rms) in place.
+    void normalize(ref out, const vector<Scalar>* den) const
     {
         switch (m_opt.norm) {
         case normalization::sum:
-            out = (num.leftCols(e).array().colwise() / (num.col(e).array() + m_opt.eps)).matrix();
+            out.array().colwise() /= (den->array() + m_opt.eps);
             break;
         case normalization::none:
-            out = num;
             break;
         case normalization::rms: {
-            const auto ms = num.rowwise().squaredNorm().array() / static_cast<Scalar>(std::max<index>(e, 1));
-            out = (num.array().colwise() * (ms + m_opt.eps).rsqrt()).matrix();
+            const vector<Scalar> scale =
+                (out.rowwise().squaredNorm().array() / static_cast<Scalar>(std::max<index>(out.cols(), 1)) + m_opt.eps).rsqrt();
+            out.array().colwise() *= scale.array();
             break;
         }
         }
