@@ -4,6 +4,7 @@
 
 #include "support_lrpe.hpp"
 
+#include <linrpe/detail/traits.hpp>
 #include <linrpe/positional/lrpe.hpp>
 
 #include <cmath>
@@ -13,6 +14,14 @@ namespace {
 using namespace linrpe;
 using linrpe::index;
 using namespace lrpe_test;
+
+static_assert(detail::is_positional_encoding_v<positional::lrpe<float>, float>, "lrpe<float> is a positional encoding");
+static_assert(detail::is_positional_encoding_v<positional::lrpe<double>, double>, "lrpe<double> is a positional encoding");
+static_assert(detail::has_check_input<positional::lrpe<float>>::value && detail::has_check_feature_dim<positional::lrpe<float>>::value,
+              "lrpe validates its head, parameters and the feature width through the core's optional hooks");
+static_assert(positional::lrpe<float>::has_post_feature && !positional::lrpe<float>::has_pre_feature &&
+                  !positional::lrpe<float>::has_mixing,
+              "lrpe acts on the post-feature stage only");
 
 const linrpe::index dims[] = {1, 2, 3, 8, 63, 64};
 
