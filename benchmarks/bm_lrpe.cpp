@@ -100,7 +100,8 @@ BENCHMARK_TEMPLATE(BM_encode, variant::permutation)->Name("encode/permutation")-
 
 // The acceptance figure: none, rotate and cosine run back to back in every iteration (same inputs, same
 // process, interleaved so that load from other processes hits all three alike). Counters: ratio of total
-// times, and ratio of best (minimum) times, which is the least sensitive to interference.
+// times, and ratio of best (minimum) times, which is the least sensitive to interference. none with `sum`
+// normalization is timed too (none_sum_best_ms): the usual plain linear attention, for reference.
 template <masking Mask>
 void BM_ratio(benchmark::State& state)
 {
@@ -109,12 +110,15 @@ void BM_ratio(benchmark::State& state)
     opt.mask = Mask;
     opt.norm = normalization::rms;
     const linear_attention<feature_maps::elu_plus_one, positional::none, float> plain({}, {}, opt);
+    options<float> sum_opt = opt; // plain linear attention as usually run (Katharopoulos et al.): sum
+    sum_opt.norm = normalization::sum;
+    const linear_attention<feature_maps::elu_plus_one, positional::none, float> plain_sum({}, {}, sum_opt);
     const linear_attention<feature_maps::elu_plus_one, positional::lrpe<float>, float> rot({}, make_lrpe(variant::rotate), opt),
         cosine({}, make_lrpe(variant::cosine), opt);
     const auto q = bench::buffer<float>(1, heads, n, width, 0.5f, 1), k = bench::buffer<float>(1, heads, n, width, 0.5f, 2),
                v = bench::buffer<float>(1, heads, n, width, 1.0f, 3);
     std::vector<float> out(q.size());
-    double total[3] = {0, 0, 0}, best[3] = {1e30, 1e30, 1e30};
+    double total[4] = {0, 0, 0, 0}, best[4] = {1e30, 1e30, 1e30, 1e30};
     const auto time_one = [&](const auto& attn, int slot) {
         const auto t0 = std::chrono::steady_clock::now();
         attn.forward(view_bhnd(q.data(), 1, heads, n, width), view_bhnd(k.data(), 1, heads, n, width),
@@ -129,12 +133,14 @@ void BM_ratio(benchmark::State& state)
         time_one(plain, 0);
         time_one(rot, 1);
         time_one(cosine, 2);
+        time_one(plain_sum, 3);
     }
     state.counters["none_best_ms"] = best[0] * 1e3;
     state.counters["rotate_best_ms"] = best[1] * 1e3;
     state.counters["cosine_best_ms"] = best[2] * 1e3;
     state.counters["rotate_ratio_best"] = best[1] / best[0];
     state.counters["cosine_ratio_best"] = best[2] / best[0];
+    state.counters["none_sum_best_ms"] = best[3] * 1e3;
     state.counters["rotate_ratio_total"] = total[1] / total[0];
     state.counters["cosine_ratio_total"] = total[2] / total[0];
 }
