@@ -212,6 +212,31 @@ TEMPLATE_TEST_CASE("lrpe attention: prefill + prefill + steps equal one batched 
     }
 }
 
+TEMPLATE_TEST_CASE("lrpe attention: causal chunk sizes 1, C-1, C, C+1, N agree", "[lrpe][chunks]", float, double)
+{
+    using S = TestType;
+    const linrpe::index n = 97, d = 8, e = 4;
+    for (const config& c : attention_configs()) {
+        const row_matrix<S> q = uniform<S>(n, d, 51), k = uniform<S>(n, d, 52), v = uniform<S>(n, e, 53);
+        options<S> opt;
+        opt.mask = masking::causal;
+        opt.norm = normalization::none;
+        const attention<S> ref_attn({}, make<S>(c, d, 1), opt);
+        const row_matrix<double> psi = to_double<S>(ref_attn.features(q, role::query, 0, 500)),
+                                 kappa = to_double<S>(ref_attn.features(k, role::key, 0, 500)),
+                                 w = to_double<S>(ref_attn.mixing_matrix(n, n, 0, 500, 500));
+        const row_matrix<double> ref = reference::kernel_attention(psi, kappa, to_double<S>(v), w, opt.norm, double(opt.eps));
+        const double bound = error_bound<S>(psi, kappa, to_double<S>(v), w, ref, opt.norm, double(opt.eps));
+        for (linrpe::index chunk : {linrpe::index(1), linrpe::index(15), linrpe::index(16), linrpe::index(17), n}) {
+            opt.chunk_size = chunk;
+            const attention<S> attn({}, make<S>(c, d, 1), opt);
+            const double err = (to_double<S>(attn(q, k, v, 0, 500)) - ref).norm();
+            CAPTURE(c.name(), chunk, err, bound);
+            CHECK(err <= bound);
+        }
+    }
+}
+
 TEMPLATE_TEST_CASE("lrpe attention: cosine + cosFormer theta + relu + sum is cosFormer", "[lrpe][cosformer]", float, double)
 {
     using S = TestType;
