@@ -133,6 +133,7 @@ public:
     {
         detail::check_input_if_any(m_map, feature_input_dim(x.cols()), head);
         detail::check_input_if_any(m_pe, x.cols(), head);
+        check_post_feature_dim(x.cols(), head);
         return encode(x, which, head, first_position);
     }
 
@@ -189,6 +190,7 @@ private:
         }
         detail::check_input_if_any(m_pe, d, head);
         detail::check_input_if_any(m_map, feature_input_dim(d), head);
+        check_post_feature_dim(d, head);
         if (m_opt.norm == normalization::sum && !m_opt.allow_signed_normalizer && n > 0 && nk > 0) {
             const index max_offset = std::max(std::abs((k_first + nk - 1) - q_first), std::abs((q_first + n - 1) - k_first));
             if (!m_pe.preserves_positivity(max_offset))
@@ -217,6 +219,14 @@ private:
         for (index h = 0; h < q.heads(); ++h)
             validate_head(q.tokens(), q.channels(), k.tokens(), k.channels(), v.tokens(), v.channels(), h, first_position,
                           first_position);
+    }
+
+    // A post-feature encoding is told the width φ produces (only the core knows it).
+    void check_post_feature_dim(index input_dim, index head) const
+    {
+        if constexpr (PositionalEncoding::has_post_feature)
+            detail::check_feature_dim_if_any(m_pe, m_map.output_dim(feature_input_dim(input_dim)), head);
+        else (void)input_dim, (void)head;
     }
 
     feature_context context(role which, index head) const

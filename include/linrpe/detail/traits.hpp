@@ -101,6 +101,20 @@ void check_input_if_any(const P& policy, index input_dim, index head)
     if constexpr (has_check_input<P>::value) policy.check_input(input_dim, head);
 }
 
+/// Optional `check_feature_dim(feature_dim, head)` on a post-feature encoding: the width φ produces is only
+/// known to the core (D may differ from M, e.g. FAVOR+), so the core passes it before any work.
+template <class P, class = void>
+struct has_check_feature_dim : std::false_type {};
+template <class P>
+struct has_check_feature_dim<P, std::void_t<decltype(std::declval<const P&>().check_feature_dim(index(1), index(0)))>>
+    : std::true_type {};
+
+template <class P>
+void check_feature_dim_if_any(const P& policy, index feature_dim, index head)
+{
+    if constexpr (has_check_feature_dim<P>::value) policy.check_feature_dim(feature_dim, head);
+}
+
 template <class P, class S>
 constexpr bool pre_ok()
 {
