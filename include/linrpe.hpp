@@ -14,6 +14,7 @@
 #include "linrpe/feature_maps/favor.hpp"
 #include "linrpe/feature_maps/trig_features.hpp"
 #include "linrpe/positional/none.hpp"
+#include "linrpe/positional/lrpe.hpp"
 #include "linrpe/linear_attention.hpp"
 #include "linrpe/decoder.hpp"
 #include "linrpe/reference/kernel_attention.hpp"
