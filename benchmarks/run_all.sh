@@ -11,3 +11,4 @@ for exe in "$dir"/bm_*; do
   "$exe" --benchmark_out="$out/$name.json" --benchmark_out_format=json "$@"
 done
 echo "JSON written to $out"
+/usr/bin/python3 "$(dirname "$0")/render_report.py" "$out" "$(cd "$dir/../../.." && pwd)/docs"
