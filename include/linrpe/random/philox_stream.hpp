@@ -27,6 +27,7 @@ enum class purpose : std::uint32_t {
     spe_gate = 4,         ///< SPE gate noise epsilon (constant over positions)
     lrpe_householder = 5, ///< LRPE fixed Householder vector
     lrpe_permutation = 6, ///< LRPE random permutation
+    spe_parameters = 7,   ///< SPE parameter initialization (a = tensor id, b = head, index = flat entry)
     user = 1000,          ///< first value free for user-defined policies
 };
 
