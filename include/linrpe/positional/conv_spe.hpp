@@ -155,7 +155,8 @@ public:
         // 4·W outputs per transform so that the W − 1 overlap costs at most a quarter of the work.
         index block, length = 0;
         if (fft) {
-            length = 1;
+            // At least 64: Eigen's real FFT needs an even length, and tiny transforms are all overhead.
+            length = 64;
             while (length < std::min(n, std::max<index>(4 * w, 256)) + w - 1) length *= 2;
             block = length - w + 1;
         } else {
