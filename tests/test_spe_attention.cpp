@@ -24,6 +24,9 @@ using positional::sine_spe;
 
 constexpr index heads = 2, dim = 6, reals = 16;
 
+// Captured errors of double runs need more than Catch's default 10 digits to be readable.
+const bool digits_set = (Catch::StringMaker<double>::precision = 17, true);
+
 template <class S>
 sine_spe<S> make_sine(bool gated = true, std::uint64_t seed = 3)
 {
@@ -168,10 +171,11 @@ TEMPLATE_TEST_CASE("SPE codes of a block of positions do not depend on the block
         spe.template encode_pre<S>(x, whole, first, 1, which);
         spe.template encode_pre<S>(x.topRows(split), parts.topRows(split), first, 1, which);
         spe.template encode_pre<S>(x.bottomRows(n - split), parts.bottomRows(n - split), first + split, 1, which);
-        // Identical noise per position; only the sine phase recurrence restarts elsewhere (O(64·eps_double))
-        // and GEMM blocking may differ: <= c·(2K + 1)·D·eps with c = 1 (measured c <= 0.03).
+        // Identical noise per position; the sine phase recurrence restarts elsewhere (each of <= 64 rotations
+        // adds <= 4 roundings: 2 in the complex product, 2 from the rounded step cos ω, sin ω; in double) and
+        // GEMM blocking may differ: <= c·((2K + 1)·D + 4·64)·eps with c = 1 (measured c <= 0.5 in double).
         const double err = spe_test::rel_frobenius(parts, whole);
-        const double tol = 1.0 * double(9 * dim) * std::numeric_limits<S>::epsilon();
+        const double tol = 1.0 * double(9 * dim + 4 * 64) * std::numeric_limits<S>::epsilon();
         CAPTURE(err, tol);
         CHECK(err <= tol);
     };
