@@ -22,6 +22,11 @@ using linrpe::index;
 using positional::conv_spe;
 using positional::sine_spe;
 
+static_assert(detail::is_positional_encoding_v<sine_spe<float>, float> && detail::is_positional_encoding_v<sine_spe<double>, double>,
+              "sine_spe is a pre-feature positional encoding");
+static_assert(detail::is_positional_encoding_v<conv_spe<float>, float> && detail::is_positional_encoding_v<conv_spe<double>, double>,
+              "conv_spe is a pre-feature positional encoding");
+
 constexpr index heads = 2, dim = 6, reals = 16;
 
 // Captured errors of double runs need more than Catch's default 10 digits to be readable.
