@@ -169,6 +169,14 @@ public:
         Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> noise(block + w - 1, r_count); // (b + W − 1, R), column per r
         Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> acc(block, r_count);           // (b, R) q̂ of the block
         Eigen::Matrix<S, Eigen::Dynamic, 1> code(block), taps(w);
+        detail::spe_noise_scratch<S> scratch;
+        // Direct path for W >= toeplitz_min_width: per tile of t rows, q̂_tile += (diag(x_d) T_d) Z_d with T_d the
+        // (t, t + W − 1) banded Toeplitz matrix of the taps — a GEMM, (t + W − 1)/W times the direct FLOPs but at
+        // GEMM speed. The band of `band` never moves, so it is zeroed once and only its band is rewritten.
+        const bool toeplitz = !fft && w >= toeplitz_min_width;
+        const index tile = std::min(block, std::min<index>(w, toeplitz_tile_rows));
+        row_matrix<S> band;
+        if (toeplitz) band = row_matrix<S>::Zero(tile, tile + w - 1);
         Eigen::FFT<S> fft_engine;
         fft_engine.SetFlag(Eigen::FFT<S>::HalfSpectrum);
         std::vector<S> fft_in(static_cast<std::size_t>(length)), fft_out(static_cast<std::size_t>(length));
@@ -193,18 +201,26 @@ public:
                 const double coef = std::sqrt(positional) * scale;
                 for (index j = 0; j < w; ++j) taps[j] = static_cast<S>(coef * static_cast<double>(filters(head * m_dim + d, j)));
                 for (index r = 0; r < r_count; ++r)
-                    random::philox_stream(m_seed, random::purpose::spe_noise, static_cast<std::uint32_t>(head),
-                                          static_cast<std::uint32_t>(d), static_cast<std::uint32_t>(r))
-                        .fill_normal(static_cast<std::uint64_t>(first_position + i0), noise.col(r).data(), samples);
+                    detail::spe_fill_noise(noise_stream(head, d, r), static_cast<std::uint64_t>(first_position + i0),
+                                           noise.col(r).data(), samples, scratch);
+                const auto xd = x.col(d).segment(i0, rows);
+                if (toeplitz) {
+                    for (index t0 = 0; t0 < rows; t0 += tile) {
+                        const index tr = std::min(tile, rows - t0);
+                        for (index i = 0; i < tr; ++i) band.row(i).segment(i, w) = xd[t0 + i] * taps.transpose();
+                        acc.middleRows(t0, tr).noalias() +=
+                            band.topLeftCorner(tr, tr + w - 1) * noise.middleRows(t0, tr + w - 1); // (tr, R)
+                    }
+                    continue;
+                }
                 if (fft) {
-                    // conj(FFT(taps)) once per (d, block length): correlation = IFFT(FFT(z) · conj(FFT(taps))).
+                    // conj(FFT(taps)) once per (d, block): correlation = IFFT(FFT(z) · conj(FFT(taps))).
                     // No wrap-around: outputs 0..rows−1 read samples < rows + W − 1 <= length.
                     std::fill(fft_in.begin(), fft_in.end(), S(0));
                     for (index j = 0; j < w; ++j) fft_in[static_cast<std::size_t>(j)] = taps[j];
                     fft_engine.fwd(filter_spectrum, fft_in);
                     for (auto& c : filter_spectrum) c = std::conj(c);
                 }
-                const auto xd = x.col(d).segment(i0, rows);
                 for (index r = 0; r < r_count; ++r) {
                     const auto z = noise.col(r);
                     if (fft) {
@@ -244,8 +260,20 @@ public:
 private:
     // Direct correlation block: (256 + W) samples per realization stay in L1/L2 for W up to a few hundred.
     static constexpr index direct_block_rows = 256;
-    // Filter length from which the FFT path is cheaper (measured: benchmarks/bm_spe.cpp, docs/notes-spe.md).
-    static constexpr index fft_min_width = 64;
+    // Below this width the plain shifted-axpy correlation beats the banded-Toeplitz GEMM (whose waste
+    // (t + W − 1)/W grows as W shrinks); rows per Toeplitz tile: min(W, 64) keeps the waste <= 2.
+    static constexpr index toeplitz_min_width = 16;
+    static constexpr index toeplitz_tile_rows = 64;
+
+    // The noise stream of (head, d, r): indexed by absolute noise position.
+    random::philox_stream noise_stream(index head, index d, index r) const
+    {
+        return random::philox_stream(m_seed, random::purpose::spe_noise, static_cast<std::uint32_t>(head),
+                                     static_cast<std::uint32_t>(d), static_cast<std::uint32_t>(r));
+    }
+    // Filter length from which the FFT path (Eigen's kissfft) beats the Toeplitz GEMM: measured crossover between
+    // W = 512 and 1024 at N = 4096, R = 64, D = 64, float (benchmarks/bm_spe.cpp encode_conv, docs/notes-spe.md).
+    static constexpr index fft_min_width = 768;
 
     void check_entry(index head, index d) const
     {
