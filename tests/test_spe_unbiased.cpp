@@ -1,6 +1,7 @@
 // SPE Monte Carlo: unbiased logits, exact variance ∝ 1/R, convSPE support, stationarity (reference/spe.md §7).
 #include "support_spe.hpp"
 
+#include <linrpe/detail/spe_common.hpp>
 #include <linrpe/positional/conv_spe.hpp>
 #include <linrpe/positional/sine_spe.hpp>
 
@@ -188,5 +189,49 @@ TEST_CASE("SPE codes are stationary: the empirical cross-covariance depends on m
     run(sine, -3);
     run(conv, 2);
     run(conv, -1);
+}
+
+TEST_CASE("philox_stream::blocks gives the bits of block(); SPE noise is blockwise and standard normal", "[spe][random]")
+{
+    const linrpe::random::philox_stream stream(0x1234567890abcdefULL, linrpe::random::purpose::spe_noise, 3, 5, 7);
+    for (std::uint64_t first : {std::uint64_t(0), std::uint64_t(13), (std::uint64_t(1) << 32) - 5}) {
+        for (index count : {index(1), index(16), index(37)}) {
+            std::vector<std::uint32_t> words(static_cast<std::size_t>(4 * count));
+            stream.blocks(first, count, words.data());
+            for (index i = 0; i < count; ++i) {
+                const auto b = stream.block(first + std::uint64_t(i));
+                for (int w = 0; w < 4; ++w) CHECK(words[static_cast<std::size_t>(4 * i + w)] == b[w]);
+            }
+        }
+    }
+    // Any window of the noise equals the same window of a longer draw, bit for bit.
+    linrpe::detail::spe_noise_scratch<double> scratch;
+    std::vector<double> whole(1000), part(333);
+    linrpe::detail::spe_fill_noise(stream, 100, whole.data(), 1000, scratch);
+    for (std::uint64_t offset : {std::uint64_t(0), std::uint64_t(1), std::uint64_t(2), std::uint64_t(3), std::uint64_t(503)}) {
+        linrpe::detail::spe_fill_noise(stream, 100 + offset, part.data(), 333, scratch);
+        for (std::size_t i = 0; i < part.size(); ++i) CHECK(part[i] == whole[offset + i]);
+    }
+    // Moments of 2^18 draws: mean 0 ± 4/√n, variance 1 ± 4·√(2/n), fourth moment 3 ± 4·√(96/n).
+    const index n = 1 << 18;
+    std::vector<double> z(static_cast<std::size_t>(n));
+    linrpe::detail::spe_fill_noise(stream, 0, z.data(), n, scratch);
+    double m1 = 0, m2 = 0, m4 = 0;
+    for (double v : z) {
+        m1 += v;
+        m2 += v * v;
+        m4 += v * v * v * v;
+    }
+    m1 /= double(n), m2 /= double(n), m4 /= double(n);
+    CAPTURE(m1, m2, m4);
+    CHECK(std::abs(m1) <= 4 / std::sqrt(double(n)));
+    CHECK(std::abs(m2 - 1) <= 4 * std::sqrt(2.0 / double(n)));
+    CHECK(std::abs(m4 - 3) <= 4 * std::sqrt(96.0 / double(n)));
+    // Float draws use the same uniforms: they equal the double draws to float rounding (a few ulps of the
+    // transcendental functions, relative to the sample's magnitude <= 6).
+    linrpe::detail::spe_noise_scratch<float> scratch_f;
+    std::vector<float> zf(1000);
+    linrpe::detail::spe_fill_noise(stream, 100, zf.data(), 1000, scratch_f);
+    for (std::size_t i = 0; i < zf.size(); ++i) CHECK(std::abs(double(zf[i]) - whole[i]) <= 64 * 6 * 1.2e-7);
 }
 } // namespace
