@@ -35,9 +35,10 @@ enum class conv_algorithm { automatic, direct, fft };
 /// The noise Z_{d,r}(t) is the counter-based stream (seed, spe_noise, head, d, r) at index t (the absolute
 /// noise position), so any block of positions is produced on its own: batched calls, decoder steps and
 /// any thread count see the same realization, fixed until redraw(). Per block of b positions and per d,
-/// the b + W − 1 noise samples of the R realizations are drawn, correlated (directly, O(b·W·R), or by FFT,
-/// O(L log L·R) with L ≥ b + W − 1) and contracted with x: O(N·D·R·min(W, log L)) time plus N·D·R normals,
-/// O((b + W)·R) extra memory; the (N, D, R) code tensor is never formed.
+/// the b + W − 1 noise samples of the R realizations are drawn and correlated with diag(x_d)·φ: for W < 16 by
+/// shifted axpys, for 16 <= W < 768 as GEMMs with banded Toeplitz tiles (t, t + W − 1), t = min(W, 64), and
+/// for W >= 768 by FFT (O(L log L) per realization, L ≥ b + W − 1). Time O(N·D·R·W) (FFT: O(N·D·R·log L))
+/// plus N·D·R normals per role; extra memory O((b + W)·R); the (N, D, R) code tensor is never formed.
 ///
 /// Parameters are public data in the reference layout (H, D, W) flattened to (H·D, W), row h·D + d.
 /// \tparam Scalar float or double (filters, noise and codes).
@@ -160,7 +161,7 @@ public:
             while (length < std::min(n, std::max<index>(4 * w, 256)) + w - 1) length *= 2;
             block = length - w + 1;
         } else {
-            block = std::min<index>(n, direct_block_rows);
+            block = std::min<index>(n, std::max<index>(direct_block_rows, 8 * w));
         }
         block = std::min(block, n);
         const matrix& filters = which == role::query ? query_filter : key_filter;
@@ -258,7 +259,8 @@ public:
     }
 
 private:
-    // Direct correlation block: (256 + W) samples per realization stay in L1/L2 for W up to a few hundred.
+    // Direct path: blocks of max(256, 8·W) rows, so the W − 1 extra noise samples per block cost <= 1/8 more
+    // normals; (b + W − 1, R) noise stays in L2 for W up to a few hundred.
     static constexpr index direct_block_rows = 256;
     // Below this width the plain shifted-axpy correlation beats the banded-Toeplitz GEMM (whose waste
     // (t + W − 1)/W grows as W shrinks); rows per Toeplitz tile: min(W, 64) keeps the waste <= 2.
