@@ -15,25 +15,33 @@
 namespace linrpe {
 namespace detail {
 
-/// \brief Seconds per unit of work, measured on the development machine (see docs/notes-toeplitz.md).
+/// \brief Seconds per unit of work of one head on one core, measured on the development machine
+/// (x86-64 with AVX-512, GCC 12 -O3 -march=native, Eigen 3.4; `calibrate` in benchmarks/bm_toeplitz.cpp,
+/// M = 64, Ex = 65; numbers in docs/notes-toeplitz.md). Only the ratios matter for the choice.
 ///
-/// gemm: one multiply-add of a blocked Eigen GEMM; weight: one entry of the weighted score matrix (the
-/// table multiply and the write-back); fft: one 5·L·log2 L "flop" of a complex transform (fill, spectrum
-/// product and contraction are folded into `lane`, per lane and per point). Only the ratios matter.
+/// - gemm:   one multiply-add inside the score / value GEMMs, per (query, key) pair and channel of M + Ex
+///           (dense at N = 1024 and 4096 both gave 3.6 ns per pair = 129·gemm + weight);
+/// - weight: the remaining per-pair work (offset-table multiply, write-back);
+/// - state:  one multiply-add of the banded far-state GEMMs (64-row blocks, less efficient than the big
+///           GEMMs: fitted to 10 ms for N = 16384 at every T_max);
+/// - fft:    one unit of 5·L·log2 L of a complex transform (Eigen: 2.1–2.5e-10 from L = 2^11 to 2^17;
+///           FFTW: 3–5× less);
+/// - lane:   per point and lane, the fill, spectrum product and contraction around the transforms.
 struct toeplitz_cost_constants {
-    double gemm, weight, fft, lane;
+    double gemm, weight, state, fft, lane;
 };
 
 template <class S, class Backend>
 constexpr toeplitz_cost_constants toeplitz_costs()
 {
     constexpr bool is_float = std::is_same<S, float>::value;
+    // Doubles: half the SIMD width for the GEMMs; Eigen's FFT measured 2.1× slower in double.
+    constexpr double gemm = is_float ? 2.5e-11 : 5.0e-11, weight = is_float ? 4.0e-10 : 6.0e-10,
+                     state = is_float ? 4.0e-11 : 8.0e-11, lane = is_float ? 1.0e-9 : 1.5e-9;
     if constexpr (std::is_same<Backend, fft::eigen>::value)
-        return is_float ? toeplitz_cost_constants{1.0e-11, 1.0e-10, 2.0e-10, 2.0e-9}
-                        : toeplitz_cost_constants{2.0e-11, 1.5e-10, 5.0e-10, 3.0e-9};
+        return {gemm, weight, state, is_float ? 2.4e-10 : 5.0e-10, lane};
     else
-        return is_float ? toeplitz_cost_constants{1.0e-11, 1.0e-10, 5.0e-11, 2.0e-9}
-                        : toeplitz_cost_constants{2.0e-11, 1.5e-10, 1.0e-10, 3.0e-9};
+        return {gemm, weight, state, is_float ? 6.0e-11 : 1.2e-10, lane};
 }
 
 /// Predicted seconds of each algorithm for one head (N queries, Nk keys, widths M and Ex).
@@ -46,18 +54,20 @@ toeplitz_costs_t toeplitz_predict(index n, index nk, index m, index ex, index t_
 {
     const auto k = toeplitz_costs<S, Backend>();
     const double dn = double(n), dk = double(nk), dm = double(m), de = double(ex);
-    // dense: every visible (i, j) pair once (about half of them when causal).
+    const double pair = k.gemm * (dm + de) + k.weight;
+    // dense: every visible (i, j) pair once (about half of them when causal, plus the diagonal blocks).
     const double pairs = causal ? std::min(dn * dk, 0.5 * dn * (std::min(dn, dk) + 128.0)) : dn * dk;
-    const double dense = pairs * (k.gemm * (dm + de) + k.weight);
+    const double dense = pairs * pair;
     // fft: M·Ex real channels in M·Ex/2 complex lanes, two transforms each, plus per-point lane work.
-    const double length = double(fft_fast_length(std::max<index>(n + nk - 1, 1)));
+    const double length = double(fft_fast_length(std::max<index>(n + nk - 1, 2)));
     const double lanes = std::ceil(dm * de / 2.0);
-    const double fft = lanes * (2.0 * k.fft * 5.0 * length * std::log2(std::max(length, 2.0)) + k.lane * length);
-    // banded: rectangle of (R + 2T − 2) keys per row (R + T − 1 when causal) plus the far-state GEMMs.
+    const double fft = lanes * length * (2.0 * k.fft * 5.0 * std::log2(length) + k.lane);
+    // banded: a rectangle of R + 2T − 2 keys per row (R + T − 1 when causal) plus the far-state GEMMs
+    // (state growth over the keys and Ψ_b S over the queries, once per sweep).
     const double rb = double(banded_block(t_max));
     const double width = std::min(dk, causal ? rb + double(t_max) - 1.0 : rb + 2.0 * double(t_max) - 2.0);
     const double sweeps = causal ? 1.0 : 2.0;
-    const double banded = dn * width * (k.gemm * (dm + de) + k.weight) + sweeps * (dn + dk) * dm * de * k.gemm;
+    const double banded = dn * width * pair + sweeps * (dn + dk) * dm * de * k.state;
     return {dense, fft, banded};
 }
 
