@@ -104,5 +104,5 @@ BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::fft, masking::none)->Name("t
 BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::automatic, masking::none)->Name("toeplitz_automatic")->Apply([](auto* b) { sweep(b, 65536, 65536); });
 BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::automatic, masking::causal)->Name("toeplitz_automatic_causal")->Apply([](auto* b) { sweep(b, 65536, 65536); });
 BENCHMARK(BM_softmax_reference)->Name("softmax_reference")->Apply([](auto* b) { sweep(b, 4096, 4096); });
-BENCHMARK(BM_calibrate)->Name("calibrate")->ArgsProduct({{1024, 4096}, {16}, {1}})->ArgsProduct({{1024, 4096, 16384}, {16}, {2}})
+BENCHMARK(BM_calibrate)->Name("calibrate")->ArgsProduct({{1024, 4096, 8192}, {16}, {1}})->ArgsProduct({{1024, 4096, 16384, 32768}, {16}, {2}})
     ->ArgsProduct({{16384}, {8, 64, 512, 2048}, {3}})->Unit(benchmark::kMillisecond);

@@ -24,9 +24,11 @@ namespace detail {
 /// - weight: the remaining per-pair work (offset-table multiply, write-back);
 /// - state:  one multiply-add of the banded far-state GEMMs (64-row blocks, less efficient than the big
 ///           GEMMs: fitted to 10 ms for N = 16384 at every T_max);
-/// - fft:    one unit of 5·L·log2 L of a complex transform (Eigen: 2.1–2.5e-10 from L = 2^11 to 2^17;
-///           FFTW: 3–5× less);
-/// - lane:   per point and lane, the fill, spectrum product and contraction around the transforms.
+/// - fft:    per transform and point: FFTW, seconds per unit of 5·log2 L; Eigen, a factor on the kissfft
+///           stage model kissfft_point_ns (1e-9 in float: the model is in ns; 2.1e-9 in double, measured);
+/// - lane:   per point and lane, the fill, spectrum product and contraction around the transforms (4 ns;
+///           plus 2 ns per doubling of L beyond 2^14, where the three tile buffers leave the caches:
+///           fitted to the fft rows of the benchmark table).
 struct toeplitz_cost_constants {
     double gemm, weight, state, fft, lane;
 };
@@ -35,13 +37,24 @@ template <class S, class Backend>
 constexpr toeplitz_cost_constants toeplitz_costs()
 {
     constexpr bool is_float = std::is_same<S, float>::value;
-    // Doubles: half the SIMD width for the GEMMs; Eigen's FFT measured 2.1× slower in double.
+    // Doubles: half the SIMD width for the GEMMs.
     constexpr double gemm = is_float ? 2.5e-11 : 5.0e-11, weight = is_float ? 4.0e-10 : 6.0e-10,
-                     state = is_float ? 4.0e-11 : 8.0e-11, lane = is_float ? 1.0e-9 : 1.5e-9;
+                     state = is_float ? 4.0e-11 : 8.0e-11, lane = is_float ? 4.0e-9 : 6.0e-9;
     if constexpr (std::is_same<Backend, fft::eigen>::value)
-        return {gemm, weight, state, is_float ? 2.4e-10 : 5.0e-10, lane};
+        return {gemm, weight, state, is_float ? 1.0e-9 : 2.1e-9, lane};
     else
         return {gemm, weight, state, is_float ? 6.0e-11 : 1.2e-10, lane};
+}
+
+/// Seconds per lane (two transforms of length `length` plus the lane work) for backend B.
+template <class S, class Backend>
+double toeplitz_fft_lane_seconds(index length)
+{
+    const auto k = toeplitz_costs<S, Backend>();
+    const double l = double(length), bits = std::log2(std::max(l, 2.0));
+    const double lane = k.lane * (1.0 + 0.5 * std::max(0.0, bits - 14.0));
+    if constexpr (std::is_same<Backend, fft::eigen>::value) return l * (2.0 * k.fft * kissfft_point_ns(length) + lane);
+    else return l * (2.0 * k.fft * 5.0 * bits + lane);
 }
 
 /// Predicted seconds of each algorithm for one head (N queries, Nk keys, widths M and Ex).
@@ -59,9 +72,8 @@ toeplitz_costs_t toeplitz_predict(index n, index nk, index m, index ex, index t_
     const double pairs = causal ? std::min(dn * dk, 0.5 * dn * (std::min(dn, dk) + 128.0)) : dn * dk;
     const double dense = pairs * pair;
     // fft: M·Ex real channels in M·Ex/2 complex lanes, two transforms each, plus per-point lane work.
-    const double length = double(fft_fast_length(std::max<index>(n + nk - 1, 2)));
-    const double lanes = std::ceil(dm * de / 2.0);
-    const double fft = lanes * length * (2.0 * k.fft * 5.0 * std::log2(length) + k.lane);
+    const index length = fft_length_for<Backend>(n + nk - 1);
+    const double fft = std::ceil(dm * de / 2.0) * toeplitz_fft_lane_seconds<S, Backend>(length);
     // banded: a rectangle of R + 2T − 2 keys per row (R + T − 1 when causal) plus the far-state GEMMs
     // (state growth over the keys and Ψ_b S over the queries, once per sweep).
     const double rb = double(banded_block(t_max));

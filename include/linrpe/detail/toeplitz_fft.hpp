@@ -13,12 +13,13 @@
 #include <cmath>
 #include <complex>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace linrpe {
 namespace detail {
 
-/// Smallest 2^a·3^b·5^c >= n (sizes both backends transform fast; never below n).
+/// Smallest 2^a·3^b·5^c >= n (sizes every backend transforms fast; never below n).
 inline index fft_fast_length(index n)
 {
     index best = 1;
@@ -30,6 +31,45 @@ inline index fft_fast_length(index n)
             best = std::min(best, x);
         }
     return best;
+}
+
+/// \brief Nanoseconds per point of one kissfft transform of length l (5-smooth), from its stages: kissfft
+/// factors out 4s, then 2s, 3s, 5s. Per-stage costs fitted on this machine (float, 120 5-smooth sizes in
+/// [1e3, 4e4], within 10%; the radix-2 stage from powers of two 2·4^a, which run 1.3–1.5× slower per point
+/// than their 4^a neighbours).
+inline double kissfft_point_ns(index l)
+{
+    double ns = 0;
+    while (l % 4 == 0) l /= 4, ns += 1.39;
+    while (l % 2 == 0) l /= 2, ns += 3.7;
+    while (l % 3 == 0) l /= 3, ns += 1.44;
+    while (l % 5 == 0) l /= 5, ns += 1.49;
+    return ns;
+}
+
+/// The circulant length a backend runs for at least n points: for Eigen's kissfft the 5-smooth length in
+/// [n, 2n] of least modeled time (avoiding its slow radix-2 stage, e.g. 2^17 → 138240), for FFTW the smallest.
+template <class Backend>
+index fft_length_for(index n)
+{
+    n = std::max<index>(n, 2); // kissfft fails on length 1
+    if constexpr (std::is_same<Backend, fft::eigen>::value) {
+        index best = fft_fast_length(n);
+        // Two transforms per lane plus about 4 ns per point of lane work (see toeplitz_cost.hpp).
+        const auto cost_of = [](index l) { return double(l) * (2.0 * kissfft_point_ns(l) + 4.0); };
+        double best_cost = cost_of(best);
+        for (index l = best + 1; l <= 2 * n; ++l) {
+            index x = l;
+            for (const index p : {2, 3, 5})
+                while (x % p == 0) x /= p;
+            if (x != 1) continue;
+            const double cost = cost_of(l);
+            if (cost < best_cost) best = l, best_cost = cost;
+        }
+        return best;
+    } else {
+        return fft_fast_length(n);
+    }
 }
 
 /// \brief Y = C X for the Toeplitz C_ij = w(t = j − i + delta) (N × Nk), by circulant embedding.
@@ -50,7 +90,7 @@ class toeplitz_fft_engine {
 public:
     toeplitz_fft_engine(const relative_weights<S>& w, index n, index nk, index delta, bool causal, index min_length = 0,
                         index tile = 8)
-        : m_n(n), m_nk(nk), m_length(fft_fast_length(std::max<index>({min_length, n + nk - 1, 2}))),
+        : m_n(n), m_nk(nk), m_length(fft_length_for<Backend>(std::max<index>({min_length, n + nk - 1, 2}))),
           m_dist((m_length + 7) / 8 * 8), m_tile(std::max<index>(tile, 1))
     {
         buffer h(static_cast<std::size_t>(m_dist), cpx(0)), hhat(static_cast<std::size_t>(m_dist));

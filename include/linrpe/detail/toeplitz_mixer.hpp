@@ -31,7 +31,7 @@ toeplitz_algorithm toeplitz_resolve(toeplitz_algorithm requested, const relative
     if (requested != toeplitz_algorithm::automatic) return requested;
     const toeplitz_algorithm best = toeplitz_choose<S, Backend>(n, nk, m, ex, w.t_max, causal);
     if (best != toeplitz_algorithm::fft) return best;
-    const double length = static_cast<double>(fft_fast_length(n + nk - 1));
+    const double length = static_cast<double>(fft_length_for<Backend>(n + nk - 1));
     if (toeplitz_fft_amplification(w, n, nk, delta, causal) * std::log2(std::max(length, 2.0)) <= 1e4) return best;
     const auto c = toeplitz_predict<S, Backend>(n, nk, m, ex, w.t_max, causal);
     return c.banded <= c.dense ? toeplitz_algorithm::banded : toeplitz_algorithm::dense;
