@@ -24,8 +24,9 @@ namespace detail {
 /// - weight: the remaining per-pair work (offset-table multiply, write-back);
 /// - state:  one multiply-add of the banded far-state GEMMs (64-row blocks, less efficient than the big
 ///           GEMMs: fitted to 10 ms for N = 16384 at every T_max);
-/// - fft:    per transform and point: FFTW, seconds per unit of 5·log2 L; Eigen, a factor on the kissfft
-///           stage model kissfft_point_ns (1e-9 in float: the model is in ns; 2.1e-9 in double, measured);
+/// - fft:    per transform and point: FFTW, seconds per unit of 5·log2 L (2.4–2.8e-11 in float from
+///           L = 2^13 to 2^16, FFTW_ESTIMATE plans; double assumed 2×); Eigen, a factor on the kissfft stage
+///           model kissfft_point_ns (1e-9 in float: the model is in ns; 2.1e-9 in double, measured);
 /// - lane:   per point and lane, the fill, spectrum product and contraction around the transforms (4 ns;
 ///           plus 2 ns per doubling of L beyond 2^14, where the three tile buffers leave the caches:
 ///           fitted to the fft rows of the benchmark table).
@@ -43,7 +44,7 @@ constexpr toeplitz_cost_constants toeplitz_costs()
     if constexpr (std::is_same<Backend, fft::eigen>::value)
         return {gemm, weight, state, is_float ? 1.0e-9 : 2.1e-9, lane};
     else
-        return {gemm, weight, state, is_float ? 6.0e-11 : 1.2e-10, lane};
+        return {gemm, weight, state, is_float ? 2.6e-11 : 5.2e-11, lane};
 }
 
 /// Seconds per lane (two transforms of length `length` plus the lane work) for backend B.
