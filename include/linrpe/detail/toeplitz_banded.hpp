@@ -44,9 +44,10 @@ void toeplitz_mix_banded(const relative_weights<S>& w, const Eigen::Ref<const ro
     }
     const index t_max = w.t_max, delta = k_first - q_first;
     const index rb = block > 0 ? block : banded_block(t_max);
-    // Rectangle offsets lie in [−(T_max + R − 2), T_max + R − 2].
-    const index t_lo = -(t_max + rb);
-    const vector<S> table = offset_table(w, t_lo, t_max + rb, causal);
+    // Rectangle offsets lie in [−(T_max + R − 2), T_max + R − 2] and in [delta − (N − 1), delta + Nk − 1]
+    // (the second bound keeps the table small when T_max is much larger than the sequence).
+    const index t_lo = std::max(-(t_max + rb), delta - n), t_hi = std::min(t_max + rb, delta + nk);
+    const vector<S> table = offset_table(w, t_lo, t_hi, causal);
     const auto rect = [&](index r0, index rows) {
         const index lo = std::clamp<index>(r0 - delta - t_max + 1, 0, nk);
         const index hi = causal ? std::clamp<index>(r0 + rows - delta, lo, nk)
