@@ -16,6 +16,9 @@ namespace linrpe {
 /// Holds S = Σ_{j<t} κ_j [v_j, 1]ᵀ (M', E + 1) per (batch, head) and the next absolute position t, so
 /// that `prefill(n tokens)` followed by `step()` calls reproduces one batched causal call over the whole
 /// sequence (to rounding). Cost per token O(M'·E), independent of t; memory O(B·H·M'·E).
+/// With Toeplitz weights (positional::toeplitz_rpe) the state is instead the last T_max tokens' κ and [v, 1]
+/// plus one lagged state of everything older (all at the clipped weight c_{−T_max}): per token
+/// O(T_max·(M' + E) + M'·E) time and memory, growing as O(t) only while t < T_max.
 /// Created by linear_attention::decoder(); refers to that attention, which must outlive it.
 template <class Attention>
 class decoder {
@@ -27,9 +30,6 @@ public:
 
     decoder(const Attention& attention, index batch, index heads) : m_attn(&attention), m_batch(batch), m_heads(heads)
     {
-        static_assert(!Attention::positional_encoding_type::has_mixing,
-                      "This decoder carries the O(M'E) state of unweighted causal mixing; encodings with sequence-mixing "
-                      "weights need a history-based decoder.");
         if (attention.opts().mask != masking::causal)
             detail::fail("options.mask (a decoder streams a causal attention)", "masking::causal", "masking::none");
         detail::require_positive("decoder batch", batch);
@@ -45,7 +45,7 @@ public:
     /// Forgets every sequence; the next token is at position 0.
     void reset()
     {
-        for (auto& s : m_state) s.resize(0, 0);
+        for (auto& s : m_state) s = state_type();
         m_position = 0;
         m_width = m_values = -1;
     }
@@ -117,7 +117,8 @@ private:
     index m_batch, m_heads;
     index m_position = 0;
     index m_width = -1, m_values = -1;
-    std::vector<matrix> m_state;
+    using state_type = typename Attention::stream_state;
+    std::vector<state_type> m_state;
 };
 
 } // namespace linrpe

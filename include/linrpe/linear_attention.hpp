@@ -5,6 +5,7 @@
 #include "detail/linear_mixer.hpp"
 #include "detail/parallel.hpp"
 #include "detail/toeplitz_mixer.hpp"
+#include "detail/toeplitz_stream.hpp"
 #include "detail/traits.hpp"
 #include "errors.hpp"
 #include "positional/none.hpp"
@@ -163,6 +164,9 @@ public:
 private:
     friend class linrpe::decoder<linear_attention>;
 
+    // Per-sequence decoder state: S = Σ κ vxᵀ without mixing weights; band history + far state with them.
+    using stream_state = std::conditional_t<PositionalEncoding::has_mixing, detail::toeplitz_stream<Scalar>, matrix>;
+
     bool common_factor_cancels() const { return m_opt.norm == normalization::sum; }
 
     static void validate_options(const options_type& opt)
@@ -265,7 +269,7 @@ private:
 
     // Validated inputs → out. With `state` (decoder), causal mixing continues from and updates it.
     void run_head(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index q_first,
-                  index k_first, matrix* state) const
+                  index k_first, stream_state* state) const
     {
         const index n = q.rows(), nk = k.rows(), e = v.cols();
         if (n == 0) return;
@@ -279,8 +283,9 @@ private:
             vx.leftCols(e) = v;
             if (with_den) vx.col(e).setOnes();
             matrix num(n, vx.cols()); // (N, Ex)
-            detail::toeplitz_mix<Scalar>(m_pe.template mixing_weights<Scalar>(head, common_factor_cancels()), psi, kappa,
-                                         vx, num, q_first, k_first, causal, m_opt.toeplitz);
+            const auto w = m_pe.template mixing_weights<Scalar>(head, common_factor_cancels());
+            if (state) state->mix(w, psi, kappa, vx, num, q_first, m_opt.toeplitz);
+            else detail::toeplitz_mix<Scalar>(w, psi, kappa, vx, num, q_first, k_first, causal, m_opt.toeplitz);
             out = num.leftCols(e);
             vector<Scalar> den = with_den ? vector<Scalar>(num.col(e)) : vector<Scalar>();
             normalize(out, with_den ? &den : nullptr);

@@ -12,6 +12,9 @@ namespace detail {
 
 /// \brief c_t for offsets t = (key position) − (query position), stored for |t| < t_max and clipped beyond
 /// (c_t = c_{±(t_max−1)} for |t| >= t_max), so that every sequence length works.
+///
+/// Because of the clipping, every offset t <= −t_max carries the one weight far_behind() and every t >= t_max
+/// the one weight far_ahead(): the banded algorithm and the streaming decoder rely on exactly this.
 template <class S>
 struct relative_weights {
     vector<S> c; ///< c[t + t_max − 1], size 2·t_max − 1
@@ -22,7 +25,21 @@ struct relative_weights {
         const index tc = std::clamp(t, -(t_max - 1), t_max - 1);
         return c[tc + t_max - 1];
     }
+    /// Weight of every key at least t_max positions behind the query.
+    S far_behind() const { return c[0]; }
+    /// Weight of every key at least t_max positions ahead of the query.
+    S far_ahead() const { return c[2 * t_max - 2]; }
 };
+
+/// \brief Weights of the consecutive offsets t_lo..t_hi, with the causal mask folded in (0 for t > 0):
+/// table[t − t_lo]. Row i of a block reads a contiguous segment of it, so weighting is a vector multiply.
+template <class S>
+vector<S> offset_table(const relative_weights<S>& w, index t_lo, index t_hi, bool causal)
+{
+    vector<S> table(std::max<index>(t_hi - t_lo + 1, 0));
+    for (index t = t_lo; t <= t_hi; ++t) table[t - t_lo] = (causal && t > 0) ? S(0) : w.at(t);
+    return table;
+}
 
 } // namespace detail
 } // namespace linrpe

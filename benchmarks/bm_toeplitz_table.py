@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Markdown table, crossovers and the automatic-vs-best check from bm_toeplitz's JSON output.
+
+    OMP_NUM_THREADS=1 build/release/benchmarks/bm_toeplitz --benchmark_min_time=0.05 \
+        --benchmark_out=bm_toeplitz.json --benchmark_out_format=json
+    python3 benchmarks/bm_toeplitz_table.py bm_toeplitz.json
+
+(add --benchmark_repetitions=3 for a shared machine: the fastest repetition is used)
+"""
+import json
+import sys
+from collections import defaultdict
+
+runs = json.load(open(sys.argv[1]))["benchmarks"]
+ms = defaultdict(dict)  # (label, T) -> {N: ms}
+chosen = {}
+for r in runs:
+    if r.get("run_type") == "aggregate" or r["name"].startswith("calibrate"):
+        continue
+    parts = r["name"].split("/")
+    label, n, t = parts[0], int(parts[1]), int(parts[2])
+    t = "N" if t == 0 else str(t)
+    # unit: ms (kMillisecond); with --benchmark_repetitions the fastest repetition is kept (the machine is
+    # shared: contention only ever adds time)
+    prev = ms[(label, t)].get(n)
+    ms[(label, t)][n] = r["cpu_time"] if prev is None else min(prev, r["cpu_time"])
+    if label == "toeplitz_automatic":
+        chosen[(t, n)] = {1: "dense", 2: "fft", 3: "banded"}.get(int(r.get("algo", 0)), "?")
+
+labels = ["softmax_reference", "toeplitz_dense", "toeplitz_fft", "toeplitz_banded", "toeplitz_automatic",
+          "toeplitz_automatic_causal"]
+for t in ["128", "N"]:
+    ns = sorted({n for (lab, tt), d in ms.items() if tt == t for n in d})
+    print(f"\nT_max = {t} (CPU ms per head, M = E = 64, float, one thread)\n")
+    print("| N | " + " | ".join(l.replace("toeplitz_", "") for l in labels) + " | automatic ran | auto / best |")
+    print("|---" * (len(labels) + 3) + "|")
+    for n in ns:
+        row = [ms[(l, t)].get(n) for l in labels]
+        best = min(v for l, v in zip(labels, row) if v is not None and l in labels[1:4])
+        auto = ms[("toeplitz_automatic", t)].get(n)
+        cells = ["%.3g" % v if v is not None else "–" for v in row]
+        ratio = "%.2f" % (auto / best) if auto else "–"
+        print(f"| {n} | " + " | ".join(cells) + f" | {chosen.get((t, n), '–')} | {ratio} |")
+    # crossovers: first N where one algorithm becomes faster than another; automatic's runs count as
+    # measurements of the algorithm it ran (dense beyond 8k)
+    for n, v in ms[("toeplitz_automatic", t)].items():
+        lab = "toeplitz_" + chosen.get((t, n), "")
+        if lab in labels and n not in ms[(lab, t)]:
+            ms[(lab, t)][n] = v
+    for a, b in [("toeplitz_fft", "toeplitz_dense"), ("toeplitz_banded", "toeplitz_dense"),
+                 ("toeplitz_dense", "softmax_reference"), ("toeplitz_fft", "softmax_reference"),
+                 ("toeplitz_banded", "softmax_reference")]:
+        common = sorted(set(ms[(a, t)]) & set(ms[(b, t)]))
+        cross = next((n for n in common if ms[(a, t)][n] < ms[(b, t)][n]), None)
+        print(f"\n- {a} faster than {b} from N = {cross if cross else '(not within the measured range)'}", end="")
+    print()

@@ -1,0 +1,109 @@
+#pragma once
+// IWYU pragma: private
+/// \file
+/// \brief Toeplitz mixing, banded algorithm (ours): explicit weights in the band |t| < T_max, and the clipped
+/// far part as lagged linear attention with prefix / suffix states.
+
+#include "../types.hpp"
+#include "relative_weights.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+
+namespace linrpe {
+namespace detail {
+
+/// Row-block size of the banded algorithm: (block + 2·T_max)·(M + Ex) band work per row against
+/// 4·M·Ex far-state work; 64 rows keep the GEMMs efficient without widening the band much.
+inline index banded_block(index t_max) { return std::clamp<index>(t_max, 32, 64); }
+
+/// \brief Banded algorithm. Clipping makes every weight with t = j − i + delta <= −T_max equal
+/// c_far_behind and every t >= T_max equal c_far_ahead. For a block of rows [r0, r0 + R) the keys split into
+///
+///     far behind  j <  lo = r0 − delta − T_max + 1         (t <= −T_max for every row of the block)
+///     rectangle   lo <= j < hi                            (explicit weights c_t, causal mask)
+///     far ahead   j >= hi = r0 + R − 1 − delta + T_max     (t >= T_max; absent when causal)
+///
+///     num_b = ((Ψ_b Κ_rectᵀ) ⊙ W_rect) Vx_rect + c_far_behind Ψ_b S_behind(lo) + c_far_ahead Ψ_b S_ahead(hi)
+///
+/// with S_behind(lo) = Σ_{j<lo} κ_j vx_jᵀ grown in a forward sweep and S_ahead(hi) = Σ_{j>=hi} κ_j vx_jᵀ in a
+/// backward sweep (no subtraction, so no cancellation). O(N·((R + 2T_max)·(M + Ex) + 4·M·Ex)) time,
+/// O(R·(R + 2T_max) + M·Ex) extra memory. Causal rows never read a later key: outputs up to i are
+/// bit-identical whatever later (finite) tokens hold. Equals the dense and FFT algorithms to rounding.
+template <class S>
+void toeplitz_mix_banded(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& psi,
+                         const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& vx,
+                         Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, bool causal, index block = 0)
+{
+    const index n = psi.rows(), nk = kappa.rows(), m = psi.cols(), ex = vx.cols();
+    if (n == 0) return;
+    if (nk == 0) {
+        num.setZero();
+        return;
+    }
+    const index t_max = w.t_max, delta = k_first - q_first;
+    const index rb = block > 0 ? block : banded_block(t_max);
+    // Rectangle offsets lie in [−(T_max + R − 2), T_max + R − 2] and in [delta − (N − 1), delta + Nk − 1]
+    // (the second bound keeps the table small when T_max is much larger than the sequence).
+    const index t_lo = std::max(-(t_max + rb), delta - n), t_hi = std::min(t_max + rb, delta + nk);
+    const vector<S> table = offset_table(w, t_lo, t_hi, causal);
+    const auto rect = [&](index r0, index rows) {
+        const index lo = std::clamp<index>(r0 - delta - t_max + 1, 0, nk);
+        const index hi = causal ? std::clamp<index>(r0 + rows - delta, lo, nk)
+                                : std::clamp<index>(r0 + rows - 1 - delta + t_max, lo, nk);
+        return std::make_pair(lo, hi);
+    };
+
+    row_matrix<S> scores;
+    row_matrix<S> state = row_matrix<S>::Zero(m, ex); // (M, Ex) = Σ_{j < behind_end} κ_j vx_jᵀ
+    index behind_end = 0;
+    for (index r0 = 0; r0 < n; r0 += rb) {
+        const index rows = std::min(rb, n - r0);
+        const auto [lo, hi] = rect(r0, rows);
+        const auto psi_b = psi.middleRows(r0, rows); // (rows, M)
+        auto num_b = num.middleRows(r0, rows);       // (rows, Ex)
+        if (hi > lo) {
+            const index cols = hi - lo;
+            scores.noalias() = psi_b * kappa.middleRows(lo, cols).transpose(); // (rows, cols)
+            for (index i = 0; i < rows; ++i)
+                scores.row(i).array() *= table.segment(lo - (r0 + i) + delta - t_lo, cols).transpose().array();
+            num_b.noalias() = scores * vx.middleRows(lo, cols);
+        } else {
+            num_b.setZero();
+        }
+        if (lo > behind_end) {
+            state.noalias() += kappa.middleRows(behind_end, lo - behind_end).transpose() * vx.middleRows(behind_end, lo - behind_end);
+            behind_end = lo;
+        }
+        if (behind_end > 0) num_b.noalias() += w.far_behind() * (psi_b * state);
+    }
+    if (causal) return;
+    state.setZero();
+    index ahead_begin = nk;
+    for (index r0 = (n - 1) / rb * rb; r0 >= 0; r0 -= rb) {
+        const index rows = std::min(rb, n - r0);
+        const index hi = rect(r0, rows).second;
+        if (hi < ahead_begin) {
+            state.noalias() += kappa.middleRows(hi, ahead_begin - hi).transpose() * vx.middleRows(hi, ahead_begin - hi);
+            ahead_begin = hi;
+        }
+        if (ahead_begin < nk) num.middleRows(r0, rows).noalias() += w.far_ahead() * (psi.middleRows(r0, rows) * state);
+    }
+}
+
+/// \brief Y (N, F) = C X with C_ij = w(j − i + delta) by the same band / far split, for testing the split on
+/// its own: O(N·(R + 2T_max)·F).
+template <class S>
+void toeplitz_product_banded(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& x,
+                             Eigen::Ref<row_matrix<S>> y, index delta, bool causal)
+{
+    const index n = y.rows(), nk = x.rows();
+    if (n == 0) return;
+    // A product is attention with ψ_i = κ_j = 1 (M = 1) and Vx = X.
+    const row_matrix<S> ones_q = row_matrix<S>::Ones(n, 1), ones_k = row_matrix<S>::Ones(nk, 1);
+    toeplitz_mix_banded<S>(w, ones_q, ones_k, x, y, 0, delta, causal);
+}
+
+} // namespace detail
+} // namespace linrpe

@@ -1,0 +1,256 @@
+#pragma once
+// IWYU pragma: private
+/// \file
+/// \brief Toeplitz mixing, FFT algorithm (Luo et al., NeurIPS 2021): circulant embedding, channel tiles.
+
+#include "../fft/backend.hpp"
+#include "../types.hpp"
+#include "relative_weights.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <complex>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace linrpe {
+namespace detail {
+
+/// Smallest 2^a·3^b·5^c >= n (sizes every backend transforms fast; never below n).
+inline index fft_fast_length(index n)
+{
+    index best = 1;
+    while (best < n) best *= 2;
+    for (index p5 = 1; p5 < best; p5 *= 5)
+        for (index p35 = p5; p35 < best; p35 *= 3) {
+            index x = p35;
+            while (x < n) x *= 2;
+            best = std::min(best, x);
+        }
+    return best;
+}
+
+/// \brief Nanoseconds per point of one kissfft transform of length l (5-smooth), from its stages: kissfft
+/// factors out 4s, then 2s, 3s, 5s. Per-stage costs fitted on this machine (float, 120 5-smooth sizes in
+/// [1e3, 4e4], within 10%; the radix-2 stage from powers of two 2·4^a, which run 1.3–1.5× slower per point
+/// than their 4^a neighbours).
+inline double kissfft_point_ns(index l)
+{
+    double ns = 0;
+    while (l % 4 == 0) l /= 4, ns += 1.39;
+    while (l % 2 == 0) l /= 2, ns += 3.7;
+    while (l % 3 == 0) l /= 3, ns += 1.44;
+    while (l % 5 == 0) l /= 5, ns += 1.49;
+    return ns;
+}
+
+/// The circulant length a backend runs for at least n points: for Eigen's kissfft the 5-smooth length in
+/// [n, 2n] of least modeled time (avoiding its slow radix-2 stage, e.g. 2^17 → 138240), for FFTW the smallest.
+template <class Backend>
+index fft_length_for(index n)
+{
+    n = std::max<index>(n, 2); // kissfft fails on length 1
+    if constexpr (std::is_same<Backend, fft::eigen>::value) {
+        index best = fft_fast_length(n);
+        // Two transforms per lane plus about 4 ns per point of lane work (see toeplitz_cost.hpp).
+        const auto cost_of = [](index l) { return double(l) * (2.0 * kissfft_point_ns(l) + 4.0); };
+        double best_cost = cost_of(best);
+        for (index l = best + 1; l <= 2 * n; ++l) {
+            index x = l;
+            for (const index p : {2, 3, 5})
+                while (x % p == 0) x /= p;
+            if (x != 1) continue;
+            const double cost = cost_of(l);
+            if (cost < best_cost) best = l, best_cost = cost;
+        }
+        return best;
+    } else {
+        return fft_fast_length(n);
+    }
+}
+
+/// \brief Y = C X for the Toeplitz C_ij = w(t = j − i + delta) (N × Nk), by circulant embedding.
+///
+/// Circular convolution y[i] = Σ_j h[(i − j) mod L] x[j] equals the Toeplitz product when
+/// h[d] = w(−d + delta) for d = 0..N−1 and h[L − e] = w(e + delta) for e = 1..Nk−1, and these two ranges
+/// do not overlap, i.e. L >= N + Nk − 1. The length is never shorter, also when causal: with a shorter L
+/// the wrap-around carries future keys into past queries (Luo et al. use 2N; any L >= N + Nk − 1 is exact).
+///
+/// Real channels are packed in pairs into the real and imaginary parts of one complex lane (the kernel h is
+/// real, so the two convolutions do not mix); lanes go through the backend in tiles of `tile` lanes, so the
+/// working memory is 3·tile·L complex values. ĥ (with the 1/L of the inverse folded in) is computed once.
+template <class S, class Backend>
+class toeplitz_fft_engine {
+    using cpx = std::complex<S>;
+    using buffer = std::vector<cpx, Eigen::aligned_allocator<cpx>>;
+
+public:
+    toeplitz_fft_engine(const relative_weights<S>& w, index n, index nk, index delta, bool causal, index min_length = 0,
+                        index tile = 8)
+        : m_n(n), m_nk(nk), m_length(fft_length_for<Backend>(std::max<index>({min_length, n + nk - 1, 2}))),
+          m_dist((m_length + 7) / 8 * 8), m_tile(std::max<index>(tile, 1))
+    {
+        buffer h(static_cast<std::size_t>(m_dist), cpx(0)), hhat(static_cast<std::size_t>(m_dist));
+        const S inv_length = S(1) / static_cast<S>(m_length);
+        for (index d = 0; d < n; ++d) {
+            const index t = delta - d;
+            h[d] = (causal && t > 0) ? S(0) : w.at(t) * inv_length;
+        }
+        for (index e = 1; e < nk; ++e) {
+            const index t = delta + e;
+            h[m_length - e] = (causal && t > 0) ? S(0) : w.at(t) * inv_length;
+        }
+        typename Backend::template transform<S>(m_length, 1, m_dist, h.data(), hhat.data(), false).execute();
+        m_hhat.assign(hhat.begin(), hhat.begin() + m_length);
+    }
+
+    index length() const { return m_length; }
+
+    /// \brief Convolves `channels` real channels. fill(c, dst, stride) writes the Nk inputs of channel c to
+    /// dst[j·stride]; consume(c, src, stride) reads its N outputs from src[i·stride]. Channels are visited in
+    /// increasing order, so accumulation in consume is deterministic.
+    template <class Fill, class Consume>
+    void run(index channels, Fill&& fill, Consume&& consume)
+    {
+        if (channels == 0 || m_n == 0) return;
+        const index lanes = (channels + 1) / 2;
+        const index tile = std::min(m_tile, lanes);
+        const std::size_t size = static_cast<std::size_t>(tile * m_dist);
+        buffer in(size, cpx(0)), spectrum(size), out(size); // `in` keeps its zero padding beyond Nk
+        typename Backend::template transform<S> forward(m_length, tile, m_dist, in.data(), spectrum.data(), false);
+        typename Backend::template transform<S> inverse(m_length, tile, m_dist, spectrum.data(), out.data(), true);
+        for (index lane0 = 0; lane0 < lanes; lane0 += tile) {
+            const index count = std::min(tile, lanes - lane0);
+            for (index p = 0; p < count; ++p) {
+                S* x = reinterpret_cast<S*>(in.data() + p * m_dist);
+                const index a = 2 * (lane0 + p);
+                fill(a, x, index(2));
+                if (a + 1 < channels) fill(a + 1, x + 1, index(2));
+                else for (index j = 0; j < m_nk; ++j) x[2 * j + 1] = S(0);
+            }
+            forward.execute();
+            for (index p = 0; p < tile; ++p) {
+                cpx* s = spectrum.data() + p * m_dist;
+                for (index f = 0; f < m_length; ++f) s[f] *= m_hhat[static_cast<std::size_t>(f)];
+            }
+            inverse.execute();
+            for (index p = 0; p < count; ++p) {
+                const S* y = reinterpret_cast<const S*>(out.data() + p * m_dist);
+                const index a = 2 * (lane0 + p);
+                consume(a, y, index(2));
+                if (a + 1 < channels) consume(a + 1, y + 1, index(2));
+            }
+        }
+    }
+
+private:
+    index m_n, m_nk, m_length, m_dist, m_tile;
+    std::vector<cpx> m_hhat;
+};
+
+/// \brief Y (N, F) = C X for X (Nk, F), C_ij = w(j − i + delta) (0 for j − i + delta > 0 when causal), by FFT
+/// of length >= max(min_length, N + Nk − 1). O(F·L log L) time, O(tile·L) extra memory.
+template <class S, class Backend = fft::default_backend>
+void toeplitz_product_fft(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& x,
+                          Eigen::Ref<row_matrix<S>> y, index delta, bool causal, index min_length = 0)
+{
+    const index n = y.rows(), nk = x.rows(), f = x.cols();
+    if (n == 0) return;
+    toeplitz_fft_engine<S, Backend> engine(w, n, nk, delta, causal, min_length);
+    engine.run(
+        f, [&](index c, S* dst, index stride) { for (index j = 0; j < nk; ++j) dst[j * stride] = x(j, c); },
+        [&](index c, const S* src, index stride) { for (index i = 0; i < n; ++i) y(i, c) = src[i * stride]; });
+}
+
+/// \brief FFT algorithm for Toeplitz attention (Luo et al., *Stable, Fast and Accurate: Kernelized Attention
+/// with Relative Positional Encoding*, NeurIPS 2021, Algorithm 1):
+///
+///     num_i = Σ_μ ψ_iμ [C (κ_μ ⊙ vx_ν)]_i   for every channel (μ, ν) of κ ⊗ vx   (M·Ex channels)
+///
+/// The outer products must be formed before the convolution (they do not commute with it), hence M·Ex
+/// convolutions; each channel is contracted with ψ as soon as its tile returns, so κ ⊗ vx is never stored.
+/// O(M·Ex·L log L + (N + Nk)·M·Ex) time, O(tile·L + (N + Nk)·(M + Ex)) extra memory.
+template <class S, class Backend = fft::default_backend>
+void toeplitz_mix_fft(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& psi,
+                      const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& vx,
+                      Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, bool causal, index min_length = 0)
+{
+    const index n = psi.rows(), nk = kappa.rows(), m = psi.cols(), ex = vx.cols();
+    if (n == 0) return;
+    if (nk == 0 || m == 0) {
+        num.setZero();
+        return;
+    }
+    // Channel-major copies: every channel reads and writes contiguous rows.
+    const row_matrix<S> kt = kappa.transpose(); // (M, Nk)
+    const row_matrix<S> vt = vx.transpose();    // (Ex, Nk)
+    const row_matrix<S> pt = psi.transpose();   // (M, N)
+    row_matrix<S> nt = row_matrix<S>::Zero(ex, n); // (Ex, N)
+    toeplitz_fft_engine<S, Backend> engine(w, n, nk, k_first - q_first, causal, min_length);
+    // FFT rounding is absolute (≈ eps·log L·‖c‖·‖x‖), so a convolution whose true value is tiny can come out
+    // slightly negative. With weights c >= 0, a channel whose inputs all have one sign has outputs of that
+    // sign: clamping them only moves toward the exact value, and keeps the denominator channels (κ >= 0
+    // times the ones column) non-negative, so den + eps > 0 for positive feature maps at any bias range.
+    const bool weights_non_negative = (w.c.array() >= S(0)).all();
+    std::vector<signed char> sign(static_cast<std::size_t>(m * ex), 0);
+    engine.run(
+        m * ex,
+        [&](index c, S* dst, index stride) {
+            const S* k = kt.row(c / ex).data();
+            const S* v = vt.row(c % ex).data();
+            bool non_negative = true, non_positive = true;
+            for (index j = 0; j < nk; ++j) {
+                const S x = k[j] * v[j];
+                dst[j * stride] = x;
+                non_negative = non_negative && x >= S(0);
+                non_positive = non_positive && x <= S(0);
+            }
+            sign[static_cast<std::size_t>(c)] = !weights_non_negative ? 0 : non_negative ? 1 : non_positive ? -1 : 0;
+        },
+        [&](index c, const S* src, index stride) {
+            const S* p = pt.row(c / ex).data();
+            S* o = nt.row(c % ex).data();
+            switch (sign[static_cast<std::size_t>(c)]) {
+            case 1:
+                for (index i = 0; i < n; ++i) o[i] += p[i] * std::max(src[i * stride], S(0));
+                break;
+            case -1:
+                for (index i = 0; i < n; ++i) o[i] += p[i] * std::min(src[i * stride], S(0));
+                break;
+            default:
+                for (index i = 0; i < n; ++i) o[i] += p[i] * src[i * stride];
+            }
+        });
+    num = nt.transpose();
+}
+
+/// \brief Error amplification of the FFT algorithm for these weights: κ = ‖g‖₂·√Nk / min_i Σ_j g(j − i),
+/// with g the weights the N × Nk Toeplitz matrix uses. FFT rounding is about eps·log2 L·‖g‖₂·‖x‖₂ absolute,
+/// while a row's value is at least min_i Σ_j g(j − i) times the smallest input, so the relative error of
+/// the worst row is about eps·log2 L·κ. κ ≈ √2 for constant weights, ≈ √Nk for b_t = −5|t|, and
+/// astronomically large when b spans ±50; infinite when some row sees no key. O(N + Nk).
+template <class S>
+double toeplitz_fft_amplification(const relative_weights<S>& w, index n, index nk, index delta, bool causal)
+{
+    if (n == 0 || nk == 0) return 0.0;
+    // prefix[s + n] = Σ_{s' < s} g(s') over s' = j − i in [−(n − 1), nk − 1].
+    std::vector<double> prefix(static_cast<std::size_t>(n + nk), 0.0);
+    double square = 0.0;
+    for (index s = -(n - 1); s < nk; ++s) {
+        const index t = s + delta;
+        const double g = (causal && t > 0) ? 0.0 : static_cast<double>(w.at(t));
+        square += g * g;
+        prefix[static_cast<std::size_t>(s + n)] = prefix[static_cast<std::size_t>(s + n - 1)] + g;
+    }
+    double smallest = std::numeric_limits<double>::infinity();
+    for (index i = 0; i < n; ++i) // row i covers s in [−i, nk − 1 − i]
+        smallest = std::min(smallest, prefix[static_cast<std::size_t>(nk - 1 - i + n)] - prefix[static_cast<std::size_t>(n - i - 1)]);
+    if (!(smallest > 0.0)) return std::numeric_limits<double>::infinity();
+    return std::sqrt(square) * std::sqrt(static_cast<double>(nk)) / smallest;
+}
+
+} // namespace detail
+} // namespace linrpe

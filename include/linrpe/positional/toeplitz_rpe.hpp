@@ -1,0 +1,125 @@
+#pragma once
+/// \file
+/// \brief positional::toeplitz_rpe: relative positional encoding as Toeplitz sequence-mixing weights.
+
+#include "../detail/relative_weights.hpp"
+#include "../errors.hpp"
+#include "../types.hpp"
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+
+namespace linrpe {
+namespace positional {
+
+/// \brief Toeplitz RPE (Luo, Li, Cai, He, Peng, Zheng, Ke, Wang, Liu, *Stable, Fast and Accurate: Kernelized
+/// Attention with Relative Positional Encoding*, NeurIPS 2021): every pair (i, j) is weighted by
+///
+///     w_ij = c_{j−i} = exp(b_{j−i}),   out_i = Σ_j c_{j−i} ⟨φ(q_i), φ(k_j)⟩ v_j / (Σ_j c_{j−i} ⟨φ(q_i), φ(k_j)⟩ + eps)
+///
+/// so that with φ = FAVOR+ it approximates softmax attention with the additive relative bias b_{j−i}.
+/// One learned scalar per head and offset t = j − i (positions are absolute, so it is key − query), stored for
+/// |t| < T_max and clipped beyond (b_t = b_{±(T_max−1)}): every length works, and T_max >= N gives the
+/// paper's unclipped form. Causal attention uses only t <= 0.
+///
+/// Under `sum` normalization a common factor of all weights cancels, so the kernels use exp(b − max b) and
+/// cannot overflow; under `none` and `rms` they use exactly exp(b). b = 0 (the initial value) is plain
+/// linear attention.
+///
+/// Cost per head (options::toeplitz; `automatic` picks by a measured cost model):
+/// - dense:  O(N·Nk·(M + E)) time, O(128·Nk) memory;
+/// - fft:    O(M·E·L log L), L >= N + Nk − 1, memory O(L·tile) (Luo et al., Algorithm 1);
+/// - banded: O(N·(T_max·(M + E) + M·E)) when T_max < N (ours: the clipped far part is lagged linear attention).
+/// The streaming decoder costs O(T_max·(M + E) + M·E) per token.
+///
+/// \tparam Scalar type of the stored biases (the attention may run in another scalar type).
+template <class Scalar = float>
+class toeplitz_rpe {
+public:
+    using scalar_type = Scalar;
+    static constexpr bool has_pre_feature = false;
+    static constexpr bool has_post_feature = false;
+    static constexpr bool has_mixing = true;
+
+    /// \param heads H >= 1; \param t_max T_max >= 1, number of distinct offsets on each side (b has 2·T_max − 1 values).
+    toeplitz_rpe(index heads, index t_max) : m_t_max(t_max)
+    {
+        detail::require_positive("toeplitz_rpe heads", heads);
+        detail::require_positive("toeplitz_rpe t_max", t_max);
+        bias = row_matrix<Scalar>::Zero(heads, 2 * t_max - 1);
+    }
+
+    /// From trained biases (H, 2·T_max − 1): column t + T_max − 1 holds b_t; the column count must be odd.
+    explicit toeplitz_rpe(const row_matrix<Scalar>& biases) : m_t_max((biases.cols() + 1) / 2)
+    {
+        detail::require_positive("toeplitz_rpe bias rows (heads)", biases.rows());
+        if (biases.cols() < 1 || biases.cols() % 2 == 0)
+            detail::fail("toeplitz_rpe bias columns", "an odd count 2*t_max - 1 >= 1", biases.cols());
+        detail::require_all_finite("toeplitz_rpe bias", biases);
+        bias = biases;
+    }
+
+    /// \brief b per head and offset: bias(h, t + T_max − 1) = b_t for −T_max < t < T_max. Public so that
+    /// trained weights load; checked (shape and finiteness) at every use.
+    row_matrix<Scalar> bias;
+
+    index heads() const { return bias.rows(); }
+    index t_max() const { return m_t_max; }
+
+    /// b_t of `head` for any offset (clipped).
+    Scalar offset_bias(index head, index t) const
+    {
+        check_head(head);
+        return bias(head, std::clamp(t, -(m_t_max - 1), m_t_max - 1) + m_t_max - 1);
+    }
+
+    /// Sets b of one head from a vector of 2·T_max − 1 values (offsets −(T_max−1)..T_max−1).
+    void set_bias(index head, const Eigen::Ref<const vector<Scalar>>& b)
+    {
+        check_head(head);
+        if (b.size() != 2 * m_t_max - 1)
+            detail::fail("toeplitz_rpe bias length (2*t_max - 1)", 2 * m_t_max - 1, b.size());
+        detail::require_all_finite("toeplitz_rpe bias", b);
+        bias.row(head) = b.transpose();
+    }
+
+    /// c = exp(b) > 0 keeps scores non-negative whenever φ >= 0.
+    bool preserves_positivity(index /*max_offset*/) const { return true; }
+
+    /// Called by the core before any work: head in range, bias shape (H, 2·T_max − 1), finite b.
+    void check_input(index /*input_dim*/, index head) const
+    {
+        check_head(head);
+        if (bias.cols() != 2 * m_t_max - 1)
+            detail::fail("toeplitz_rpe bias columns (2*t_max - 1)", 2 * m_t_max - 1, bias.cols());
+        detail::require_all_finite("toeplitz_rpe bias", bias.row(head));
+    }
+
+    /// \brief c_t of `head` (size 2·T_max − 1): exp(b − max b) when a common factor cancels (`sum`
+    /// normalization: the max over the whole b of the head keeps every weight in (0, 1]), exp(b) otherwise.
+    template <class S>
+    detail::relative_weights<S> mixing_weights(index head, bool common_factor_cancels) const
+    {
+        check_head(head);
+        detail::relative_weights<S> w;
+        w.t_max = m_t_max;
+        const auto b = bias.row(head).template cast<double>();
+        const double shift = common_factor_cancels ? b.maxCoeff() : 0.0;
+        w.c = (b.array() - shift).exp().template cast<S>().matrix().transpose();
+        return w;
+    }
+
+private:
+    void check_head(index head) const
+    {
+        if (head < 0 || head >= bias.rows())
+            detail::fail("head", detail::concat("a head index in [0, ", bias.rows(), ") of toeplitz_rpe"), head);
+    }
+
+    index m_t_max;
+};
+
+} // namespace positional
+} // namespace linrpe
