@@ -72,7 +72,7 @@ void BM_encode_conv(benchmark::State& state)
 
 constexpr int none = int(masking::none), causal = int(masking::causal);
 constexpr int automatic = int(positional::conv_algorithm::automatic), direct = int(positional::conv_algorithm::direct),
-              fft = int(positional::conv_algorithm::fft);
+              via_fft = int(positional::conv_algorithm::fft);
 } // namespace
 
 // Sizes: N = 1k … 64k for the attention sweeps (args: N, mask, K or W, conv algorithm).
@@ -80,4 +80,4 @@ BENCHMARK(BM_plain)->Name("plain_linear")->ArgsProduct({{1 << 10, 1 << 12, 1 << 
 BENCHMARK(BM_sine)->Name("sine_spe")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14, 1 << 16}, {none, causal}, {1, 5, 10}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_conv)->Name("conv_spe")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14, 1 << 16}, {none}, {128}, {automatic}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_encode_sine)->Name("encode_sine")->ArgsProduct({{1 << 12}, {1, 5, 10}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_encode_conv)->Name("encode_conv")->ArgsProduct({{1 << 12}, {8, 32, 64, 128, 200, 512, 1024}, {direct, fft}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_encode_conv)->Name("encode_conv")->ArgsProduct({{1 << 12}, {8, 32, 64, 128, 200, 512, 1024}, {direct, via_fft}})->Unit(benchmark::kMillisecond)->UseRealTime();
