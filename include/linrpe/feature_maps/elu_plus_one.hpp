@@ -15,8 +15,9 @@ struct elu_plus_one {
     template <class S>
     void apply(const Eigen::Ref<const row_matrix<S>>& x, Eigen::Ref<row_matrix<S>> phi, const feature_context&) const
     {
-        // select() on whole arrays keeps Eigen's vectorized exp (a per-element branch would not vectorize).
-        phi = (x.array() > S(0)).select(x.array() + S(1), x.array().min(S(0)).exp()).matrix();
+        // elu(x) + 1 = exp(min(x, 0)) + max(x, 0): branch-free, so Eigen's vectorized exp is used
+        // (select() would evaluate coefficient by coefficient through scalar expf).
+        phi = (x.array().min(S(0)).exp() + x.array().max(S(0))).matrix();
     }
 };
 
