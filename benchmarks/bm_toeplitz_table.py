@@ -54,3 +54,24 @@ for t in ["128", "N"]:
         cross = next((n for n in common if ms[(a, t)][n] < ms[(b, t)][n]), None)
         print(f"\n- {a} faster than {b} from N = {cross if cross else '(not within the measured range)'}", end="")
     print()
+
+# Optional plot: python3 bm_toeplitz_table.py FILE.json --plot OUT.png (needs matplotlib)
+if "--plot" in sys.argv:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = sys.argv[sys.argv.index("--plot") + 1]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, t in zip(axes, ["128", "N"]):
+        for l in labels:
+            pts = sorted(ms[(l, t)].items())
+            if len(pts) > 1:
+                ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o", label=l.replace("toeplitz_", ""))
+        ax.set_title(f"Toeplitz RPE, T_max = {t} (one head, M = E = 64, float, 1 thread)")
+        ax.set_xlabel("sequence length N")
+        ax.set_ylabel("CPU time per call [ms]")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    print(f"wrote {out}")
