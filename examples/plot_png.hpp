@@ -113,7 +113,11 @@ inline bool heatmap(const std::vector<double>& values, int rows, int cols, const
 {
     const int top = 24, left = 8;
     canvas c(left * 2 + cols * cell, top + rows * cell + 8);
-    double lo = *std::min_element(values.begin(), values.end()), hi = *std::max_element(values.begin(), values.end());
+    // Color range: the 1st to 99th percentile, so that a few large weights (the first causal rows, which
+    // attend to a single key) do not wash out the rest.
+    std::vector<double> sorted = values;
+    std::sort(sorted.begin(), sorted.end());
+    double lo = sorted[sorted.size() / 100], hi = sorted[sorted.size() - 1 - sorted.size() / 100];
     if (hi <= lo) hi = lo + 1;
     for (int i = 0; i < rows; ++i)
         for (int j = 0; j < cols; ++j)
