@@ -18,7 +18,27 @@ struct relu;
 class favor;
 class trig_features;
 } // namespace feature_maps
+enum class lrpe_kind;
+enum class lrpe_layout;
+enum class lrpe_basis;
+enum class lrpe_theta;
+struct lrpe_options;
 namespace positional {
 struct none;
+template <class Scalar>
+class lrpe;
+template <class Scalar>
+class sine_spe;
+template <class Scalar>
+class conv_spe;
+enum class conv_algorithm;
+template <class Scalar>
+class toeplitz_rpe;
+template <class A, class B>
+class compose;
 } // namespace positional
+namespace fft {
+struct eigen;
+struct fftw;
+} // namespace fft
 } // namespace linrpe
