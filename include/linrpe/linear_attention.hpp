@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 namespace linrpe {
 
@@ -239,15 +240,13 @@ private:
         ctx.which = which;
         ctx.head = head;
         ctx.row_scale_cancels = m_opt.norm == normalization::sum;
-        ctx.key_scale_cancels = m_opt.norm == normalization::sum && m_opt.mask == masking::none;
         return ctx;
     }
 
     // pre-feature stage → φ → post-feature stage, for rows at positions first.. (no validation).
-    matrix encode(const const_ref& x, role which, index head, index first, bool whole_sequence = true) const
+    matrix encode(const const_ref& x, role which, index head, index first) const
     {
-        feature_context ctx = context(which, head);
-        ctx.key_scale_cancels = ctx.key_scale_cancels && whole_sequence;
+        const feature_context ctx = context(which, head);
         const index n = x.rows();
         const index r = feature_input_dim(x.cols());
         matrix phi(n, m_map.output_dim(r));
@@ -274,8 +273,11 @@ private:
         const index n = q.rows(), nk = k.rows(), e = v.cols();
         if (n == 0) return;
         const bool causal = m_opt.mask == masking::causal;
+        if constexpr (!PositionalEncoding::has_mixing) {
+            if (!causal) return run_noncausal_blocked(q, k, v, out, head, q_first, k_first);
+        }
         const matrix psi = encode(q, role::query, head, q_first);                   // (N, M')
-        const matrix kappa = encode(k, role::key, head, k_first, state == nullptr); // (Nk, M')
+        const matrix kappa = encode(k, role::key, head, k_first);                   // (Nk, M')
         const bool with_den = m_opt.norm == normalization::sum;
         if constexpr (PositionalEncoding::has_mixing) {
             // Vx = [V, 1]: the denominator rides along as one more value column of the same products.
@@ -301,6 +303,42 @@ private:
             }
             normalize(out, with_den ? &den : nullptr);
         }
+    }
+
+    /// Rows per block of the fused non-causal kernel: the block's features stay in cache between the
+    /// feature map and the GEMM (512 × M' floats = 128 KiB for M' = 64). Fixed, so that the summation
+    /// order (and so the result) never depends on the thread count.
+    static constexpr index fused_block = 512;
+
+    // Non-causal without sequence-mixing weights, fused by row blocks: κ_b = encode(K_b) feeds
+    // [S | z] += [κ_bᵀ V_b | κ_bᵀ 1] while in cache, then ψ_b = encode(Q_b) gives out_b = ψ_b S / (ψ_b z + eps).
+    // Features are never materialized for the whole sequence: the traffic is one read of Q, K, V and one
+    // write of out, as for the two GEMMs alone. Key blocks, then query blocks, run in parallel.
+    void run_noncausal_blocked(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head,
+                               index q_first, index k_first) const
+    {
+        const index n = q.rows(), nk = k.rows(), e = v.cols();
+        const bool with_den = m_opt.norm == normalization::sum;
+        const index width = e + (with_den ? 1 : 0), m = encoded_dim(q.cols());
+        const index kblocks = std::max<index>(1, (nk + fused_block - 1) / fused_block);
+        std::vector<matrix> partial(static_cast<std::size_t>(kblocks));
+        detail::parallel_for(kblocks, m_opt.threads, [&](index b) {
+            const index r0 = b * fused_block, rows = std::min(fused_block, nk - r0);
+            const matrix kappa = encode(k.middleRows(r0, rows), role::key, head, k_first + r0); // (rows, M')
+            detail::state_of<Scalar>(kappa, v.middleRows(r0, rows), with_den, partial[b]);
+        });
+        matrix state = matrix::Zero(m, width); // [S | z] (M', E + 1)
+        for (const auto& p : partial) state += p;
+        const index qblocks = (n + fused_block - 1) / fused_block;
+        detail::parallel_for(qblocks, m_opt.threads, [&](index b) {
+            const index r0 = b * fused_block, rows = std::min(fused_block, n - r0);
+            const matrix psi = encode(q.middleRows(r0, rows), role::query, head, q_first + r0); // (rows, M')
+            ref o = out.middleRows(r0, rows);
+            o.noalias() = psi * state.leftCols(e); // (rows, E)
+            vector<Scalar> den;
+            if (with_den) den.noalias() = psi * state.col(e);
+            normalize(o, with_den ? &den : nullptr);
+        });
     }
 
     // out holds the numerator; divides by den + eps (sum) or by the row RMS (rms) in place.

@@ -59,9 +59,6 @@ struct feature_context {
     index head = 0;
     /// True when a positive per-row factor on query features cancels (normalization::sum).
     bool row_scale_cancels = false;
-    /// True when a common positive factor on all key features cancels (normalization::sum, non-causal,
-    /// whole key sequence in one call): FAVOR+ may then shift keys by their global maximum.
-    bool key_scale_cancels = false;
 };
 
 } // namespace linrpe

@@ -22,10 +22,11 @@ namespace feature_maps {
 /// blocks of D orthogonal rows with chi(D) norms (lower variance). Cost O(N·M·D) per call, O(M·D) state
 /// per independent draw.
 ///
-/// Stabilization never looks at future tokens: query rows are shifted by their own maximum only where a
-/// per-row factor cancels (`sum` normalization); key rows are shifted by the global maximum only where the
-/// whole key set is one non-causal call under `sum`; everywhere else φ is the exact formula above.
-/// Up to the eps term, the shifts leave the attention output unchanged.
+/// Stabilization never looks at other tokens: query rows are shifted by their own maximum where a per-row
+/// factor cancels (`sum` normalization; up to the eps term the output is unchanged). Key features are
+/// always exact: ω_r·x' − ‖x'‖²/2 <= ‖ω_r‖²/2 for every input, so they cannot overflow whatever the key
+/// norms (in float while ‖ω_r‖² < 170, i.e. for D up to about 128), and a key block is mapped the same
+/// way whether it arrives alone (streaming, blocked kernels) or with the whole sequence.
 class favor {
 public:
     static constexpr bool is_positive = true;
@@ -82,10 +83,7 @@ public:
         lin.noalias() = xs * omega.transpose();                                              // (n, M)
         if (m_hyperbolic) phi.rightCols(m) = -lin;
         phi.colwise() -= half_sq;                                                            // log φ up to a constant
-        const bool shift_rows = ctx.which == role::query && ctx.row_scale_cancels;
-        const bool shift_all = ctx.which == role::key && ctx.key_scale_cancels;
-        if (shift_rows) phi.colwise() -= phi.rowwise().maxCoeff();
-        else if (shift_all) phi.array() -= phi.maxCoeff();
+        if (ctx.which == role::query && ctx.row_scale_cancels) phi.colwise() -= phi.rowwise().maxCoeff();
         const S norm = static_cast<S>(1.0 / std::sqrt(static_cast<double>(phi.cols())));
         phi = (phi.array().exp() * norm).matrix();
     }
