@@ -270,16 +270,16 @@ private:
     void run_head(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index q_first,
                   index k_first, stream_state* state) const
     {
-        const index n = q.rows(), nk = k.rows(), e = v.cols();
-        if (n == 0) return;
+        if (q.rows() == 0) return;
         const bool causal = m_opt.mask == masking::causal;
         if constexpr (!PositionalEncoding::has_mixing) {
-            if (!causal) return run_noncausal_blocked(q, k, v, out, head, q_first, k_first);
-        }
-        const matrix psi = encode(q, role::query, head, q_first);                   // (N, M')
-        const matrix kappa = encode(k, role::key, head, k_first);                   // (Nk, M')
-        const bool with_den = m_opt.norm == normalization::sum;
-        if constexpr (PositionalEncoding::has_mixing) {
+            if (causal) run_causal_blocked(q, k, v, out, head, q_first, state);
+            else run_noncausal_blocked(q, k, v, out, head, q_first, k_first);
+        } else {
+            const index n = q.rows(), nk = k.rows(), e = v.cols();
+            const matrix psi = encode(q, role::query, head, q_first); // (N, M')
+            const matrix kappa = encode(k, role::key, head, k_first); // (Nk, M')
+            const bool with_den = m_opt.norm == normalization::sum;
             // Vx = [V, 1]: the denominator rides along as one more value column of the same products.
             matrix vx(nk, with_den ? e + 1 : e); // (Nk, Ex)
             vx.leftCols(e) = v;
@@ -290,17 +290,6 @@ private:
             else detail::toeplitz_mix<Scalar>(w, psi, kappa, vx, num, q_first, k_first, causal, m_opt.toeplitz);
             out = num.leftCols(e);
             vector<Scalar> den = with_den ? vector<Scalar>(num.col(e)) : vector<Scalar>();
-            normalize(out, with_den ? &den : nullptr);
-        } else {
-            // The numerator is accumulated straight into `out` and normalized in place.
-            vector<Scalar> den(with_den ? n : 0);
-            if (causal) {
-                matrix fresh;
-                detail::mix_causal<Scalar>(psi, kappa, v, out, with_den ? &den : nullptr, state ? *state : fresh,
-                                           m_opt.chunk_size, m_opt.threads);
-            } else {
-                detail::mix_all<Scalar>(psi, kappa, v, out, with_den ? &den : nullptr, m_opt.threads);
-            }
             normalize(out, with_den ? &den : nullptr);
         }
     }
@@ -338,6 +327,46 @@ private:
             vector<Scalar> den;
             if (with_den) den.noalias() = psi * state.col(e);
             normalize(o, with_den ? &den : nullptr);
+        });
+    }
+
+    // Causal without sequence-mixing weights, by super-blocks of whole chunks (a fixed size, so the result
+    // does not depend on the thread count):
+    //   1. (parallel) ψ_b, κ_b = encode(Q_b, K_b); the chunked causal product inside the block from a zero
+    //      state gives num_b, den_b and the block's own state Δ_b = [κ_bᵀ V_b | κ_bᵀ 1]
+    //   2. (in order) S_b = S_{b−1} + Δ_{b−1}, starting from the decoder's state (or zero)
+    //   3. (parallel) num_b += ψ_b S_b, den_b += ψ_b z_b, normalize
+    // Keys' features live only within their block; ψ is kept per block for step 3.
+    void run_causal_blocked(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index first,
+                            matrix* carried) const
+    {
+        const index n = q.rows(), e = v.cols(), chunk = m_opt.chunk_size;
+        const bool with_den = m_opt.norm == normalization::sum;
+        const index width = e + (with_den ? 1 : 0), m = encoded_dim(q.cols());
+        const index block = std::max<index>(1, fused_block / chunk) * chunk;
+        const index blocks = (n + block - 1) / block;
+        std::vector<matrix> psi(static_cast<std::size_t>(blocks)), delta(psi.size());
+        std::vector<vector<Scalar>> den(psi.size());
+        detail::parallel_for(blocks, m_opt.threads, [&](index b) {
+            const index r0 = b * block, rows = std::min(block, n - r0);
+            psi[b] = encode(q.middleRows(r0, rows), role::query, head, first + r0);           // (rows, M')
+            const matrix kappa = encode(k.middleRows(r0, rows), role::key, head, first + r0); // (rows, M')
+            if (with_den) den[b].resize(rows);
+            detail::mix_causal<Scalar>(psi[b], kappa, v.middleRows(r0, rows), out.middleRows(r0, rows),
+                                       with_den ? &den[b] : nullptr, delta[b], chunk, 1);
+        });
+        matrix running = (carried && carried->size()) ? *carried : matrix::Zero(m, width);
+        for (auto& d : delta) {
+            d.swap(running); // d = S_b (tokens before block b); running = Δ_b
+            running += d;
+        }
+        if (carried) *carried = running;
+        detail::parallel_for(blocks, m_opt.threads, [&](index b) {
+            const index r0 = b * block, rows = std::min(block, n - r0);
+            ref o = out.middleRows(r0, rows);
+            o.noalias() += psi[b] * delta[b].leftCols(e);
+            if (with_den) den[b].noalias() += psi[b] * delta[b].col(e);
+            normalize(o, with_den ? &den[b] : nullptr);
         });
     }
 
