@@ -74,16 +74,8 @@ void BM_naive_causal_rank1(benchmark::State& state)
     state.SetComplexityN(n);
 }
 
-void BM_gemm_roofline(benchmark::State& state)
-{
-    const index n = state.range(0);
-    for (auto _ : state) benchmark::DoNotOptimize(bench::gemm_roofline_seconds<float>(heads, n, width, width, 1));
-    bench::set_counters(state, double(n), 4.0 * heads * n * width * width, 0);
-}
-
 } // namespace
 
 BENCHMARK_TEMPLATE(BM_linear, masking::none)->Name("linear_noncausal")->RangeMultiplier(4)->Range(1 << 10, 1 << 16)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_linear, masking::causal)->Name("linear_causal")->RangeMultiplier(4)->Range(1 << 10, 1 << 16)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_naive_causal_rank1)->Name("naive_causal_rank1")->RangeMultiplier(4)->Range(1 << 10, 1 << 14)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_gemm_roofline)->Name("gemm_roofline")->RangeMultiplier(4)->Range(1 << 10, 1 << 16)->Unit(benchmark::kMillisecond)->UseRealTime();
