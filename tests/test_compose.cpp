@@ -24,8 +24,9 @@ linrpe::index fft_terms(linrpe::index n, linrpe::index nk)
     return linrpe::index(4.0 * std::log2(double(2 * (n + nk))) * std::sqrt(double(n + nk)));
 }
 
+// Returns 1 per configuration compared, so the callers can require the whole sweep ran.
 template <class S, class Map, class Feature>
-void check(const Map& map, const Feature& feature, normalization norm, masking mask, toeplitz_algorithm algo)
+int check(const Map& map, const Feature& feature, normalization norm, masking mask, toeplitz_algorithm algo)
 {
     const linrpe::index n = 90, nk = mask == masking::causal ? n : n + 7, d = 6, e = 4, head = 1, p0 = 11;
     using pe_t = positional::compose<Feature, positional::toeplitz_rpe<S>>;
@@ -41,6 +42,7 @@ void check(const Map& map, const Feature& feature, normalization norm, masking m
     const double err = test::abs_error(out, ref);
     CAPTURE(int(norm), int(mask), int(algo), err, bound);
     REQUIRE(err <= bound);
+    return 1;
 }
 } // namespace
 
@@ -49,12 +51,14 @@ TEMPLATE_TEST_CASE("SPE + Toeplitz equals the exact reference for every algorith
     using S = TestType;
     const positional::sine_spe<S> sine(2, 6, 3, 16, 7, true);
     const positional::conv_spe<S> conv(2, 6, 5, 16, 8, true);
+    int checked = 0;
     for (const masking mask : {masking::none, masking::causal})
         for (const toeplitz_algorithm algo : algorithms) {
-            check<S>(feature_maps::elu_plus_one{}, sine, normalization::sum, mask, algo);
-            check<S>(feature_maps::favor(16, 24, 3), conv, normalization::sum, mask, algo);
-            check<S>(feature_maps::relu(1e-3), sine, normalization::rms, mask, algo);
+            checked += check<S>(feature_maps::elu_plus_one{}, sine, normalization::sum, mask, algo);
+            checked += check<S>(feature_maps::favor(16, 24, 3), conv, normalization::sum, mask, algo);
+            checked += check<S>(feature_maps::relu(1e-3), sine, normalization::rms, mask, algo);
         }
+    REQUIRE(checked == 2 * 4 * 3); // masks × algorithms × configurations
 }
 
 TEMPLATE_TEST_CASE("LRPE + Toeplitz equals the exact reference for every algorithm", "[compose][lrpe][toeplitz]", float, double)
@@ -62,12 +66,14 @@ TEMPLATE_TEST_CASE("LRPE + Toeplitz equals the exact reference for every algorit
     using S = TestType;
     const auto rope = positional::lrpe<S>::rope(6, 2);
     const positional::lrpe<S> cosine(lrpe_kind::cosine, 6, 2);
+    int checked = 0;
     for (const masking mask : {masking::none, masking::causal})
         for (const toeplitz_algorithm algo : algorithms)
             for (const normalization norm : {normalization::rms, normalization::none}) {
-                check<S>(feature_maps::elu_plus_one{}, rope, norm, mask, algo);
-                check<S>(feature_maps::elu_plus_one{}, cosine, norm, mask, algo);
+                checked += check<S>(feature_maps::elu_plus_one{}, rope, norm, mask, algo);
+                checked += check<S>(feature_maps::elu_plus_one{}, cosine, norm, mask, algo);
             }
+    REQUIRE(checked == 2 * 4 * 2 * 2); // masks × algorithms × normalizations × cores
 }
 
 TEMPLATE_TEST_CASE("SPE + Toeplitz: prefill + steps equals the batched causal call", "[compose][decoder]", float, double)

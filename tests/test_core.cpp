@@ -29,28 +29,33 @@ void check(const Map& map, masking mask, normalization norm, index n, index nk, 
     REQUIRE(err <= bound);
 }
 
+// Returns the number of configurations compared (the test requires all of them).
 template <class S, class Map>
-void sweep(const Map& map, index d)
+int sweep(const Map& map, index d)
 {
+    int checked = 0;
     std::uint32_t seed = 11;
     for (const masking mask : {masking::none, masking::causal})
         for (const normalization norm : {normalization::sum, normalization::none, normalization::rms})
             for (const linrpe::index n : lengths) {
                 const linrpe::index nk = mask == masking::causal ? n : n + 5; // Nk != N where allowed
                 check<S>(map, mask, norm, n, nk, d, 5, seed++);        // D != E
+                ++checked;
             }
+    return checked;
 }
 } // namespace
 
 TEMPLATE_TEST_CASE("core equals the explicit reference for every feature map", "[core]", float, double)
 {
     using S = TestType;
-    SECTION("identity") { sweep<S>(feature_maps::identity{}, 6); }
-    SECTION("elu_plus_one") { sweep<S>(feature_maps::elu_plus_one{}, 6); }
-    SECTION("relu") { sweep<S>(feature_maps::relu(1e-3), 6); }
-    SECTION("favor iid") { sweep<S>(feature_maps::favor(6, 16, 3, false), 6); }
-    SECTION("favor orthogonal hyperbolic") { sweep<S>(feature_maps::favor(6, 16, 3, true, true), 6); }
-    SECTION("trig_features") { sweep<S>(feature_maps::trig_features(6, 8, 5), 6); }
+    // 2 masks × 3 normalizations × 7 lengths = 42 configurations per feature map
+    SECTION("identity") { REQUIRE(sweep<S>(feature_maps::identity{}, 6) == 42); }
+    SECTION("elu_plus_one") { REQUIRE(sweep<S>(feature_maps::elu_plus_one{}, 6) == 42); }
+    SECTION("relu") { REQUIRE(sweep<S>(feature_maps::relu(1e-3), 6) == 42); }
+    SECTION("favor iid") { REQUIRE(sweep<S>(feature_maps::favor(6, 16, 3, false), 6) == 42); }
+    SECTION("favor orthogonal hyperbolic") { REQUIRE(sweep<S>(feature_maps::favor(6, 16, 3, true, true), 6) == 42); }
+    SECTION("trig_features") { REQUIRE(sweep<S>(feature_maps::trig_features(6, 8, 5), 6) == 42); }
 }
 
 TEMPLATE_TEST_CASE("N = 0 gives an empty result and Nk = 0 gives zeros", "[core]", float, double)
