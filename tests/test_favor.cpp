@@ -46,8 +46,9 @@ double fitted_slope(const std::vector<double>& ms, const std::vector<double>& rm
     return sxy / sxx;
 }
 
+// Returns the number of feature counts M fitted (16, 32, …, 1024: 7).
 template <class Map>
-void check_rate(bool orthogonal, bool hyperbolic, std::vector<double>* out_rms = nullptr)
+std::size_t check_rate(bool orthogonal, bool hyperbolic, std::vector<double>* out_rms = nullptr)
 {
     std::vector<double> ms, rms;
     for (linrpe::index m = 16; m <= 1024; m *= 2) {
@@ -61,15 +62,16 @@ void check_rate(bool orthogonal, bool hyperbolic, std::vector<double>* out_rms =
     REQUIRE(slope >= -0.7);
     REQUIRE(slope <= -0.3);
     if (out_rms) *out_rms = rms;
+    return ms.size();
 }
 } // namespace
 
 TEST_CASE("FAVOR+ error falls like M^-1/2, orthogonal no worse than iid", "[favor]")
 {
     std::vector<double> iid, ortho;
-    check_rate<feature_maps::favor>(false, false, &iid);
-    check_rate<feature_maps::favor>(true, false, &ortho);
-    check_rate<feature_maps::favor>(true, true);
+    REQUIRE(check_rate<feature_maps::favor>(false, false, &iid) == 7);
+    REQUIRE(check_rate<feature_maps::favor>(true, false, &ortho) == 7);
+    REQUIRE(check_rate<feature_maps::favor>(true, true) == 7);
     double sum_iid = 0, sum_ortho = 0;
     for (std::size_t i = 0; i < iid.size(); ++i) sum_iid += iid[i] * iid[i], sum_ortho += ortho[i] * ortho[i];
     CAPTURE(sum_iid, sum_ortho);
@@ -78,7 +80,7 @@ TEST_CASE("FAVOR+ error falls like M^-1/2, orthogonal no worse than iid", "[favo
 
 TEST_CASE("trigonometric features estimate the softmax kernel, error like M^-1/2", "[favor][trig]")
 {
-    check_rate<feature_maps::trig_features>(true, false);
+    REQUIRE(check_rate<feature_maps::trig_features>(true, false) == 7);
 }
 
 TEST_CASE("FAVOR+ projections are deterministic per seed and block-orthogonal", "[favor]")
