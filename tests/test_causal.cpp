@@ -106,6 +106,30 @@ TEMPLATE_TEST_CASE("decoder: prefill of p tokens + single steps equals the batch
     }
 }
 
+TEMPLATE_TEST_CASE("decoder: long prefills split into parallel segments continue the carried state", "[causal][decoder]",
+                   float, double)
+{
+    using S = TestType;
+    // One sequence (fewer than 8 in the call): a short prefill (one segment), then one longer than a
+    // 4096-row segment, cut into segments whose start states are prefix sums from the non-empty carried
+    // state, then a few single steps.
+    const linrpe::index p1 = 300, p2 = 4200, steps = 3, n = p1 + p2 + steps, d = 6, e = 4;
+    options<S> opt;
+    opt.mask = masking::causal;
+    const linear_attention<feature_maps::elu_plus_one, positional::none, S> attn({}, {}, opt);
+    const row_matrix<S> q = test::uniform<S>(n, d, 11, 0.5), k = test::uniform<S>(n, d, 12, 0.5), v = test::uniform<S>(n, e, 13);
+    row_matrix<S> streamed(n, e);
+    auto dec = attn.decoder();
+    dec.prefill(q.topRows(p1), k.topRows(p1), v.topRows(p1), streamed.topRows(p1));
+    dec.prefill(q.middleRows(p1, p2), k.middleRows(p1, p2), v.middleRows(p1, p2), streamed.middleRows(p1, p2));
+    for (linrpe::index t = p1 + p2; t < n; ++t) dec.step(q.row(t), k.row(t), v.row(t), streamed.row(t));
+    REQUIRE(dec.position() == n);
+    const auto [ref, bound] = test::reference_and_bound(attn, q, k, v);
+    const double err = test::abs_error(streamed, ref);
+    CAPTURE(err, bound);
+    REQUIRE(err <= bound);
+}
+
 TEST_CASE("decoder matrix overloads track the position and reset", "[causal][decoder]")
 {
     options<double> opt;

@@ -2,6 +2,8 @@
 // features: every feature map × masking × normalization, boundary lengths around the chunk size.
 #include "support.hpp"
 
+#include <array>
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -136,36 +138,41 @@ TEMPLATE_TEST_CASE("batched views in both layouts equal per-head calls", "[core]
 TEMPLATE_TEST_CASE("batched results do not depend on the thread count", "[core][threads]", float, double)
 {
     using S = TestType;
-    const linrpe::index b = 2, h = 4, n = 300, d = 8;
-    const std::vector<S> q = [&] { auto m = test::uniform<S>(b * h * n, d, 1, 0.5); return std::vector<S>(m.data(), m.data() + m.size()); }();
-    const std::vector<S> k = [&] { auto m = test::uniform<S>(b * h * n, d, 2, 0.5); return std::vector<S>(m.data(), m.data() + m.size()); }();
-    const std::vector<S> v = [&] { auto m = test::uniform<S>(b * h * n, d, 3); return std::vector<S>(m.data(), m.data() + m.size()); }();
-    for (const masking mask : {masking::none, masking::causal}) {
-        std::vector<std::vector<S>> outs;
-        for (const int threads : {1, 2, 3}) {
-            options<S> opt;
-            opt.mask = mask;
-            opt.threads = threads;
-            const linear_attention<feature_maps::elu_plus_one, positional::none, S> attn({}, {}, opt);
-            outs.emplace_back(q.size());
-            attn.forward(view_bhnd(q.data(), b, h, n, d), view_bhnd(k.data(), b, h, n, d), view_bhnd(v.data(), b, h, n, d),
-                         view_bhnd(outs.back().data(), b, h, n, d));
+    // 2 x 4 sequences: threads take whole heads; 1 x 3: fewer than 8 sequences, so long causal heads are also
+    // split into parallel segments (n = 4500 > 4096).
+    for (const auto& shape : {std::array<linrpe::index, 3>{2, 4, 300}, std::array<linrpe::index, 3>{1, 3, 4500}}) {
+        const linrpe::index b = shape[0], h = shape[1], n = shape[2], d = 8;
+        CAPTURE(b, h, n);
+        const std::vector<S> q = [&] { auto m = test::uniform<S>(b * h * n, d, 1, 0.5); return std::vector<S>(m.data(), m.data() + m.size()); }();
+        const std::vector<S> k = [&] { auto m = test::uniform<S>(b * h * n, d, 2, 0.5); return std::vector<S>(m.data(), m.data() + m.size()); }();
+        const std::vector<S> v = [&] { auto m = test::uniform<S>(b * h * n, d, 3); return std::vector<S>(m.data(), m.data() + m.size()); }();
+        for (const masking mask : {masking::none, masking::causal}) {
+            std::vector<std::vector<S>> outs;
+            for (const int threads : {1, 2, 3}) {
+                options<S> opt;
+                opt.mask = mask;
+                opt.threads = threads;
+                const linear_attention<feature_maps::elu_plus_one, positional::none, S> attn({}, {}, opt);
+                outs.emplace_back(q.size());
+                attn.forward(view_bhnd(q.data(), b, h, n, d), view_bhnd(k.data(), b, h, n, d), view_bhnd(v.data(), b, h, n, d),
+                             view_bhnd(outs.back().data(), b, h, n, d));
+            }
+            REQUIRE(outs[0] == outs[1]);
+            REQUIRE(outs[0] == outs[2]);
         }
-        REQUIRE(outs[0] == outs[1]);
-        REQUIRE(outs[0] == outs[2]);
     }
 }
 
 TEMPLATE_TEST_CASE("one long head: blocked, threaded mixing is thread-count independent", "[core][threads]", float, double)
 {
     using S = TestType;
-    // N spans several non-causal key blocks (4096 rows) and many causal chunks, so both phases of both
+    // N spans many fused blocks (512 rows) and two causal segments (4096 rows), so both phases of both
     // mixers run in parallel when threads > 1.
-    const linrpe::index n = 4200, d = 8, e = 6;
+    const linrpe::index n = 4500, d = 8, e = 6;
     const row_matrix<S> q = test::uniform<S>(n, d, 21, 0.5), k = test::uniform<S>(n, d, 22, 0.5), v = test::uniform<S>(n, e, 23);
     for (const masking mask : {masking::none, masking::causal}) {
         std::vector<row_matrix<S>> outs;
-        for (const int threads : {1, 2}) {
+        for (const int threads : {1, 2, 3}) {
             options<S> opt;
             opt.mask = mask;
             opt.threads = threads;
@@ -174,6 +181,7 @@ TEMPLATE_TEST_CASE("one long head: blocked, threaded mixing is thread-count inde
         }
         CAPTURE(int(mask));
         REQUIRE(test::bit_identical(outs[0], outs[1]));
+        REQUIRE(test::bit_identical(outs[0], outs[2]));
         options<S> opt;
         opt.mask = mask;
         const linear_attention<feature_maps::elu_plus_one, positional::none, S> attn({}, {}, opt);

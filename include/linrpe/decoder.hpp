@@ -57,10 +57,10 @@ public:
         validate(q, k, v, out);
         const index heads = m_heads;
         m_attn->validate_batch(q, k, v, out, m_position);
-        detail::parallel_for(m_batch * heads, m_attn->opts().threads, [&](index bh) {
+        detail::parallel_for(m_batch * heads, m_attn->head_threads(m_batch * heads, q.tokens()), [&](index bh) {
             const index b = bh / heads, h = bh % heads;
             m_attn->run_head(q.slice(b, h), k.slice(b, h), v.slice(b, h), out.slice(b, h), h, m_position, m_position,
-                             &m_state[static_cast<std::size_t>(bh)]);
+                             &m_state[static_cast<std::size_t>(bh)], m_batch * heads);
         });
         m_width = q.channels();
         m_values = v.channels();

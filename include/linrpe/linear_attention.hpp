@@ -112,7 +112,7 @@ public:
         validate_head(q.rows(), q.cols(), k.rows(), k.cols(), v.rows(), v.cols(), head, q_first, k_first);
         if (out.rows() != q.rows() || out.cols() != v.cols())
             detail::fail("out shape", detail::shape(q.rows(), v.cols()), detail::shape(out.rows(), out.cols()));
-        run_head(q, k, v, out, head, q_first, k_first, nullptr);
+        run_head(q, k, v, out, head, q_first, k_first, nullptr, 1);
     }
 
     /// \brief Batched: q (B, H, N, D), k (B, H, Nk, D), v (B, H, Nk, E), out (B, H, N, E) as strided views
@@ -122,10 +122,10 @@ public:
     {
         validate_batch(q, k, v, out, first_position);
         const index heads = q.heads();
-        detail::parallel_for(q.batch() * heads, m_opt.threads, [&](index bh) {
+        detail::parallel_for(q.batch() * heads, head_threads(q.batch() * heads, q.tokens()), [&](index bh) {
             const index b = bh / heads, h = bh % heads;
             run_head(q.slice(b, h), k.slice(b, h), v.slice(b, h), out.slice(b, h), h, first_position, first_position,
-                     nullptr);
+                     nullptr, q.batch() * heads);
         });
     }
 
@@ -166,7 +166,8 @@ private:
     friend class linrpe::decoder<linear_attention>;
 
     // Per-sequence decoder state: S = Σ κ vxᵀ without mixing weights; band history + far state with them.
-    using stream_state = std::conditional_t<PositionalEncoding::has_mixing, detail::toeplitz_stream<Scalar>, matrix>;
+    using causal_stream = detail::causal_state<Scalar>;
+    using stream_state = std::conditional_t<PositionalEncoding::has_mixing, detail::toeplitz_stream<Scalar>, causal_stream>;
 
     bool common_factor_cancels() const { return m_opt.norm == normalization::sum; }
 
@@ -267,13 +268,14 @@ private:
     }
 
     // Validated inputs → out. With `state` (decoder), causal mixing continues from and updates it.
+    // `call_heads` is the number of (batch, head) sequences of the call (it selects the causal threading).
     void run_head(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index q_first,
-                  index k_first, stream_state* state) const
+                  index k_first, stream_state* state, index call_heads) const
     {
         if (q.rows() == 0) return;
         const bool causal = m_opt.mask == masking::causal;
         if constexpr (!PositionalEncoding::has_mixing) {
-            if (causal) run_causal_blocked(q, k, v, out, head, q_first, state);
+            if (causal) run_causal_blocked(q, k, v, out, head, q_first, state, splits_sequence(call_heads, q.rows()));
             else run_noncausal_blocked(q, k, v, out, head, q_first, k_first);
         } else {
             const index n = q.rows(), nk = k.rows(), e = v.cols();
@@ -294,10 +296,25 @@ private:
         }
     }
 
-    /// Rows per block of the fused non-causal kernel: the block's features stay in cache between the
-    /// feature map and the GEMM (512 × M' floats = 128 KiB for M' = 64). Fixed, so that the summation
-    /// order (and so the result) never depends on the thread count.
+    /// Rows per block of the fused kernels: the block's features stay in cache between the feature map and
+    /// the GEMMs (512 × M' floats = 128 KiB for M' = 64). Fixed, so that the summation order (and so the
+    /// result) never depends on the thread count.
     static constexpr index fused_block = 512;
+    /// Causal calls with fewer than this many (batch, head) sequences split each sequence longer than
+    /// `causal_segment` rows into segments of that many rows, which run in parallel; otherwise threads take
+    /// whole heads. The choice depends on the shape only, never on the thread count, so results stay
+    /// thread-independent.
+    static constexpr index sequence_parallel_below = 8;
+    static constexpr index causal_segment = 4096;
+
+    // Whether a causal head of n tokens in a call of `call_heads` sequences is split into parallel segments.
+    bool splits_sequence(index call_heads, index n) const
+    {
+        return !PositionalEncoding::has_mixing && m_opt.mask == masking::causal && call_heads < sequence_parallel_below &&
+               n > causal_segment;
+    }
+    // Threads for the loop over a call's sequences: one when the segments of each sequence take them instead.
+    int head_threads(index call_heads, index n) const { return splits_sequence(call_heads, n) ? 1 : m_opt.threads; }
 
     // Non-causal without sequence-mixing weights, fused by row blocks: κ_b = encode(K_b) feeds
     // [S | z] += [κ_bᵀ V_b | κ_bᵀ 1] while in cache, then ψ_b = encode(Q_b) gives out_b = ψ_b S / (ψ_b z + eps).
@@ -308,66 +325,82 @@ private:
     {
         const index n = q.rows(), nk = k.rows(), e = v.cols();
         const bool with_den = m_opt.norm == normalization::sum;
-        const index width = e + (with_den ? 1 : 0), m = encoded_dim(q.cols());
+        const index m = encoded_dim(q.cols());
         const index kblocks = std::max<index>(1, (nk + fused_block - 1) / fused_block);
-        std::vector<matrix> partial(static_cast<std::size_t>(kblocks));
+        std::vector<detail::causal_state<Scalar>> partial(static_cast<std::size_t>(kblocks));
         detail::parallel_for(kblocks, m_opt.threads, [&](index b) {
             const index r0 = b * fused_block, rows = std::min(fused_block, nk - r0);
             const matrix kappa = encode(k.middleRows(r0, rows), role::key, head, k_first + r0); // (rows, M')
-            detail::state_of<Scalar>(kappa, v.middleRows(r0, rows), with_den, partial[b]);
+            partial[b].reset(m, e, with_den);
+            partial[b].add(kappa, v.middleRows(r0, rows));
         });
-        matrix state = matrix::Zero(m, width); // [S | z] (M', E + 1)
+        detail::causal_state<Scalar> state; // S (M', E), z (M')
+        state.reset(m, e, with_den);
         for (const auto& p : partial) state += p;
         const index qblocks = (n + fused_block - 1) / fused_block;
         detail::parallel_for(qblocks, m_opt.threads, [&](index b) {
             const index r0 = b * fused_block, rows = std::min(fused_block, n - r0);
             const matrix psi = encode(q.middleRows(r0, rows), role::query, head, q_first + r0); // (rows, M')
             ref o = out.middleRows(r0, rows);
-            o.noalias() = psi * state.leftCols(e); // (rows, E)
+            o.noalias() = psi * state.s; // (rows, E)
             vector<Scalar> den;
-            if (with_den) den.noalias() = psi * state.col(e);
+            if (with_den) den.noalias() = psi * state.z;
             normalize(o, with_den ? &den : nullptr);
         });
     }
 
-    // Causal without sequence-mixing weights, by super-blocks of whole chunks (a fixed size, so the result
-    // does not depend on the thread count):
-    //   1. (parallel) ψ_b, κ_b = encode(Q_b, K_b); the chunked causal product inside the block from a zero
-    //      state gives num_b, den_b and the block's own state Δ_b = [κ_bᵀ V_b | κ_bᵀ 1]
-    //   2. (in order) S_b = S_{b−1} + Δ_{b−1}, starting from the decoder's state (or zero)
-    //   3. (parallel) num_b += ψ_b S_b, den_b += ψ_b z_b, normalize
-    // Keys' features live only within their block; ψ is kept per block for step 3.
+    // Causal without sequence-mixing weights: the chunk recurrence of detail::causal_chunks over blocks of
+    // `fused_block` rows, each encoded just before use so that ψ, κ, V and the state stay in cache.
+    // With `split` the sequence is cut into segments of `causal_segment` rows:
+    //   1. (parallel) Δ_s = Σ_{j in s} κ_j [v_j, 1]ᵀ for every segment but the last, keeping its κ
+    //   2. (in order) S_s = S_{s−1} + Δ_{s−1}, starting from the decoder's state (or zero)
+    //   3. (parallel) the recurrence over each segment from S_s
+    // which costs 2·M'·E more flops per token of the first segments. Without `split` (threads busy with other
+    // heads) the recurrence runs once over the whole sequence.
     void run_causal_blocked(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index first,
-                            matrix* carried) const
+                            causal_stream* carried, bool split) const
     {
         const index n = q.rows(), e = v.cols(), chunk = m_opt.chunk_size;
         const bool with_den = m_opt.norm == normalization::sum;
-        const index width = e + (with_den ? 1 : 0), m = encoded_dim(q.cols());
+        const index m = encoded_dim(q.cols());
         const index block = std::max<index>(1, fused_block / chunk) * chunk;
-        const index blocks = (n + block - 1) / block;
-        std::vector<matrix> psi(static_cast<std::size_t>(blocks)), delta(psi.size());
-        std::vector<vector<Scalar>> den(psi.size());
-        detail::parallel_for(blocks, m_opt.threads, [&](index b) {
-            const index r0 = b * block, rows = std::min(block, n - r0);
-            psi[b] = encode(q.middleRows(r0, rows), role::query, head, first + r0);           // (rows, M')
-            const matrix kappa = encode(k.middleRows(r0, rows), role::key, head, first + r0); // (rows, M')
-            if (with_den) den[b].resize(rows);
-            detail::mix_causal<Scalar>(psi[b], kappa, v.middleRows(r0, rows), out.middleRows(r0, rows),
-                                       with_den ? &den[b] : nullptr, delta[b], chunk, 1);
+        const index segment = split ? std::max<index>(1, causal_segment / block) * block : n;
+        const index segments = (n + segment - 1) / segment;
+        std::vector<detail::causal_state<Scalar>> start(static_cast<std::size_t>(segments));
+        std::vector<matrix> kappa(start.size()); // κ of segments 0 .. segments − 2, reused by step 3
+        detail::parallel_for(segments - 1, m_opt.threads, [&](index s) {
+            const index r0 = s * segment;
+            kappa[s] = encode(k.middleRows(r0, segment), role::key, head, first + r0); // (segment, M')
+            start[s].reset(m, e, with_den);
+            start[s].add(kappa[s], v.middleRows(r0, segment));
         });
-        matrix running = (carried && carried->size()) ? *carried : matrix::Zero(m, width);
-        for (auto& d : delta) {
-            d.swap(running); // d = S_b (tokens before block b); running = Δ_b
-            running += d;
+        detail::causal_state<Scalar> running;
+        if (carried && !carried->empty()) running = *carried;
+        else running.reset(m, e, with_den);
+        for (index s = 0; s + 1 < segments; ++s) {
+            start[s].s.swap(running.s); // start[s] = S_s (tokens before segment s); running = Δ_s
+            start[s].z.swap(running.z);
+            running += start[s];
         }
-        if (carried) *carried = running;
-        detail::parallel_for(blocks, m_opt.threads, [&](index b) {
-            const index r0 = b * block, rows = std::min(block, n - r0);
-            ref o = out.middleRows(r0, rows);
-            o.noalias() += psi[b] * delta[b].leftCols(e);
-            if (with_den) den[b].noalias() += psi[b] * delta[b].col(e);
-            normalize(o, with_den ? &den[b] : nullptr);
+        start.back() = std::move(running);
+        detail::parallel_for(segments, m_opt.threads, [&](index s) {
+            const index s0 = s * segment, srows = std::min(segment, n - s0);
+            detail::causal_state<Scalar>& state = start[s];
+            matrix scores, kappa_b;
+            vector<Scalar> den;
+            for (index b0 = 0; b0 < srows; b0 += block) {
+                const index r0 = s0 + b0, rows = std::min(block, srows - b0);
+                const matrix psi = encode(q.middleRows(r0, rows), role::query, head, first + r0); // (rows, M')
+                if (s + 1 < segments) kappa_b = kappa[s].middleRows(b0, rows);
+                else kappa_b = encode(k.middleRows(r0, rows), role::key, head, first + r0); // (rows, M')
+                ref o = out.middleRows(r0, rows);
+                if (with_den) den.resize(rows);
+                detail::causal_chunks<Scalar>(psi, kappa_b, v.middleRows(r0, rows), o, with_den ? &den : nullptr, state,
+                                              chunk, scores);
+                normalize(o, with_den ? &den : nullptr);
+            }
         });
+        if (carried) *carried = std::move(start.back());
     }
 
     // out holds the numerator; divides by den + eps (sum) or by the row RMS (rms) in place.

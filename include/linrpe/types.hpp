@@ -44,7 +44,7 @@ struct options {
     /// Added to the denominator (sum) or to the mean square (rms); must be finite and > 0.
     Scalar eps = Scalar(1e-6);
     /// Rows per chunk of the causal chunked GEMM form; any value >= 1 gives the same result to rounding.
-    index chunk_size = 64;
+    index chunk_size = 32;
     /// Accept `sum` normalization for scores that can be negative (e.g. trig_features, as Performer does).
     bool allow_signed_normalizer = false;
     /// Forces a Toeplitz mixing algorithm; ignored by encodings without sequence mixing.
