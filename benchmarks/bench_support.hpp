@@ -21,26 +21,65 @@ std::vector<S> buffer(index b, index h, index n, index d, S scale, unsigned seed
     return data;
 }
 
-/// \brief Seconds of the machine's practical limit for `heads` × (N, M, E) linear attention: the same two
-/// GEMM shapes as the non-causal kernel (Aᵀ B with A (N, M), B (N, E), then A (M, E)), threaded over heads
-/// like the library, best of `reps`. FLOPs: 4·N·M·E per head.
+/// Q, K (uniform in ±0.5), V (±1) and an output, each a (1, heads, n, width) buffer with fixed seeds.
 template <class S>
-double gemm_roofline_seconds(index heads, index n, index m, index e, int reps = 3)
-{
-    std::vector<row_matrix<S>> a(heads, row_matrix<S>::Random(n, m)), b(heads, row_matrix<S>::Random(n, e)),
-        c(heads, row_matrix<S>(n, e)), s(heads, row_matrix<S>(m, e));
-    double best = 1e30;
-    for (int r = 0; r < reps; ++r) {
-        const auto t0 = std::chrono::steady_clock::now();
-        detail::parallel_for(heads, 0, [&](index h) {
-            s[h].noalias() = a[h].transpose() * b[h];
-            c[h].noalias() = a[h] * s[h];
-        });
-        benchmark::DoNotOptimize(c[0].data());
-        best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+struct problem {
+    index heads, n, width;
+    std::vector<S> q, k, v, out;
+
+    problem(index heads_, index n_, index width_)
+        : heads(heads_), n(n_), width(width_), q(buffer<S>(1, heads_, n_, width_, S(0.5), 1)),
+          k(buffer<S>(1, heads_, n_, width_, S(0.5), 2)), v(buffer<S>(1, heads_, n_, width_, S(1), 3)), out(q.size())
+    {
     }
-    return best;
+    /// One batched forward of `attn` into `out`, kept from being optimized away.
+    template <class Attention>
+    void forward(const Attention& attn)
+    {
+        const auto view = [&](const std::vector<S>& x) { return view_bhnd(x.data(), 1, heads, n, width); };
+        attn.forward(view(q), view(k), view(v), view_bhnd(out.data(), 1, heads, n, width));
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+    }
+};
+
+/// Wall-clock seconds of one call of f().
+template <class F>
+double seconds_of(F&& f)
+{
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
+
+/// \brief The machine's practical limit for `heads` × (N, M, E) linear attention: the same two GEMM shapes
+/// as the non-causal kernel (S = Aᵀ B with A (N, M), B (N, E), then A S), threaded over heads like the
+/// library. FLOPs: 4·N·M·E per head. Benchmarks time one pass next to each kernel call, so that kernel
+/// and roofline see the same machine (this one is shared), and compare the best of each.
+template <class S>
+class gemm_roofline {
+public:
+    gemm_roofline(index heads, index n, index m, index e)
+        : m_a(heads, row_matrix<S>::Random(n, m)), m_b(heads, row_matrix<S>::Random(n, e)), m_c(heads, row_matrix<S>(n, e)),
+          m_s(heads, row_matrix<S>(m, e))
+    {
+    }
+    /// Seconds of one pass over every head.
+    double seconds()
+    {
+        const double t = seconds_of([&] {
+            detail::parallel_for(static_cast<index>(m_a.size()), 0, [&](index h) {
+                m_s[h].noalias() = m_a[h].transpose() * m_b[h];
+                m_c[h].noalias() = m_a[h] * m_s[h];
+            });
+        });
+        benchmark::DoNotOptimize(m_c[0].data());
+        return t;
+    }
+
+private:
+    std::vector<row_matrix<S>> m_a, m_b, m_c, m_s;
+};
 
 /// Sets tokens/s, GFLOP/s (of `flops` per iteration) and the ratio to the roofline measured now.
 inline void set_counters(benchmark::State& state, double tokens, double flops, double roofline_seconds)
@@ -48,5 +87,20 @@ inline void set_counters(benchmark::State& state, double tokens, double flops, d
     state.counters["tokens_per_s"] = benchmark::Counter(tokens, benchmark::Counter::kIsIterationInvariantRate);
     state.counters["GFLOPs"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
     state.counters["roofline_s"] = roofline_seconds;
+}
+/// \brief time(big) / time(small) within one benchmark: every iteration runs `small` then `big`, so both see
+/// the same machine; each is the best of its runs (a shared machine only ever adds time). Counters:
+/// small_ms, big_ms and `scaling`.
+template <class Small, class Big>
+void scaling_ratio(benchmark::State& state, Small&& small, Big&& big)
+{
+    double best_small = 1e30, best_big = 1e30;
+    for (auto _ : state) {
+        best_small = std::min(best_small, seconds_of(small));
+        best_big = std::min(best_big, seconds_of(big));
+    }
+    state.counters["small_ms"] = best_small * 1e3;
+    state.counters["big_ms"] = best_big * 1e3;
+    state.counters["scaling"] = best_big / best_small;
 }
 } // namespace bench

@@ -2,8 +2,6 @@
 // causal against the in-binary GEMM roofline and a naive per-token rank-1 causal loop.
 #include "bench_support.hpp"
 
-#include <chrono>
-
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -13,26 +11,34 @@ template <masking Mask>
 void BM_linear(benchmark::State& state)
 {
     const index n = state.range(0);
-    const auto q = bench::buffer<float>(1, heads, n, width, 0.5f, 1), k = bench::buffer<float>(1, heads, n, width, 0.5f, 2),
-               v = bench::buffer<float>(1, heads, n, width, 1.0f, 3);
-    std::vector<float> out(q.size());
+    bench::problem<float> p(heads, n, width);
+    options<float> opt;
+    opt.mask = Mask;
+    opt.threads = static_cast<int>(state.range(1)); // 0: the OpenMP default
+    const linear_attention<feature_maps::elu_plus_one, positional::none, float> attn({}, {}, opt);
+    bench::gemm_roofline<float> roofline(heads, n, width, width);
+    double best = 1e30, best_roofline = 1e30;
+    for (auto _ : state) { // kernel and roofline alternate, so both see the same (shared) machine
+        const double t = bench::seconds_of([&] { p.forward(attn); });
+        state.SetIterationTime(t);
+        best = std::min(best, t);
+        best_roofline = std::min(best_roofline, roofline.seconds());
+    }
+    const double flops = 4.0 * heads * n * width * width; // useful FLOPs: Φkᵀ V and Φq S
+    bench::set_counters(state, double(n), flops, best_roofline);
+    state.counters["roofline_ratio"] = best_roofline / best;
+    state.SetComplexityN(n);
+}
+
+// time(64k) / time(16k), both lengths run in every iteration (bench::scaling_ratio).
+template <masking Mask>
+void BM_scaling(benchmark::State& state)
+{
     options<float> opt;
     opt.mask = Mask;
     const linear_attention<feature_maps::elu_plus_one, positional::none, float> attn({}, {}, opt);
-    const auto t0 = std::chrono::steady_clock::now();
-    for (auto _ : state) {
-        attn.forward(view_bhnd(q.data(), 1, heads, n, width), view_bhnd(k.data(), 1, heads, n, width),
-                     view_bhnd(v.data(), 1, heads, n, width), view_bhnd(out.data(), 1, heads, n, width));
-        benchmark::DoNotOptimize(out.data());
-        benchmark::ClobberMemory();
-    }
-    const double per_iter = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
-                            static_cast<double>(state.iterations());
-    const double flops = 4.0 * heads * n * width * width; // useful FLOPs: Φkᵀ V and Φq S
-    const double roof = bench::gemm_roofline_seconds<float>(heads, n, width, width);
-    bench::set_counters(state, double(n), flops, roof);
-    state.counters["roofline_ratio"] = roof / per_iter;
-    state.SetComplexityN(n);
+    bench::problem<float> small(heads, state.range(0), width), big(heads, state.range(1), width);
+    bench::scaling_ratio(state, [&] { small.forward(attn); }, [&] { big.forward(attn); });
 }
 
 // Baseline: the per-token rank-1 recurrence S += φ(k) vᵀ, out = φ(q) S / φ(q) z (fast-transformers' CPU kernel).
@@ -76,6 +82,16 @@ void BM_naive_causal_rank1(benchmark::State& state)
 
 } // namespace
 
-BENCHMARK_TEMPLATE(BM_linear, masking::none)->Name("linear_noncausal")->RangeMultiplier(4)->Range(1 << 10, 1 << 16)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_linear, masking::causal)->Name("linear_causal")->RangeMultiplier(4)->Range(1 << 10, 1 << 16)->Unit(benchmark::kMillisecond)->UseRealTime();
+// Args: N, threads (0 = OpenMP default). The threads:1 rows at 16k give the threading speedup within one run.
+void lengths(benchmark::internal::Benchmark* b)
+{
+    b->ArgNames({"N", "threads"});
+    for (std::int64_t n = 1 << 10; n <= (1 << 16); n *= 4) b->Args({n, 0});
+    b->Args({1 << 14, 1});
+    b->Unit(benchmark::kMillisecond)->UseManualTime();
+}
+BENCHMARK_TEMPLATE(BM_linear, masking::none)->Name("linear_noncausal")->Apply(lengths);
+BENCHMARK_TEMPLATE(BM_linear, masking::causal)->Name("linear_causal")->Apply(lengths);
 BENCHMARK(BM_naive_causal_rank1)->Name("naive_causal_rank1")->RangeMultiplier(4)->Range(1 << 10, 1 << 14)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_scaling, masking::none)->Name("scaling_noncausal")->Args({1 << 14, 1 << 16})->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_scaling, masking::causal)->Name("scaling_causal")->Args({1 << 14, 1 << 16})->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -77,7 +77,7 @@ void BM_encode(benchmark::State& state)
 }
 
 #define LRPE_BM(MASK, VAR, NAME)                                                                                        \
-    BENCHMARK_TEMPLATE(BM_attention, MASK, VAR)->Name(NAME)->RangeMultiplier(4)->Range(1 << 10, 1 << 14)               \
+    BENCHMARK_TEMPLATE(BM_attention, MASK, VAR)->Name(NAME)->RangeMultiplier(4)->Range(1 << 10, 1 << 16)               \
         ->Unit(benchmark::kMillisecond)->UseRealTime()
 
 LRPE_BM(masking::none, variant::none, "noncausal/none");

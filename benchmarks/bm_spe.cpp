@@ -17,18 +17,11 @@ template <class Positional>
 void run_attention(benchmark::State& state, const Positional& pe, masking mask)
 {
     const index n = state.range(0);
-    const auto q = bench::buffer<float>(1, heads, n, width, 0.5f, 1), k = bench::buffer<float>(1, heads, n, width, 0.5f, 2),
-               v = bench::buffer<float>(1, heads, n, width, 1.0f, 3);
-    std::vector<float> out(q.size());
+    bench::problem<float> p(heads, n, width);
     options<float> opt;
     opt.mask = mask;
     const linear_attention<feature_maps::elu_plus_one, Positional, float> attn({}, pe, opt);
-    for (auto _ : state) {
-        attn.forward(view_bhnd(q.data(), 1, heads, n, width), view_bhnd(k.data(), 1, heads, n, width),
-                     view_bhnd(v.data(), 1, heads, n, width), view_bhnd(out.data(), 1, heads, n, width));
-        benchmark::DoNotOptimize(out.data());
-        benchmark::ClobberMemory();
-    }
+    for (auto _ : state) p.forward(attn);
     bench::set_counters(state, double(n), 4.0 * heads * n * width * width, 0);
     state.SetComplexityN(n);
 }

@@ -53,6 +53,28 @@ void BM_toeplitz(benchmark::State& state)
     state.SetComplexityN(n);
 }
 
+// time(64k) / time(16k) of one algorithm (range(0): 2 fft, 3 banded; range(1): T_max, 0 = N), both lengths in
+// every iteration (bench::scaling_ratio).
+void BM_scaling(benchmark::State& state)
+{
+    using S = float;
+    const auto algo = static_cast<toeplitz_algorithm>(state.range(0));
+    const auto runner = [&](index n) {
+        const index t_max = state.range(1) > 0 ? state.range(1) : n;
+        auto q = bench::buffer<S>(1, 1, n, width, 0.5f, 1), k = bench::buffer<S>(1, 1, n, width, 0.5f, 2),
+             v = bench::buffer<S>(1, 1, n, width, 1.0f, 3), out = std::vector<S>(q.size());
+        options<S> opt;
+        opt.toeplitz = algo;
+        linear_attention<feature_maps::elu_plus_one, positional::toeplitz_rpe<S>, S> attn({}, bias_for<S>(t_max), opt);
+        return [n, attn = std::move(attn), q = std::move(q), k = std::move(k), v = std::move(v), out = std::move(out)]() mutable {
+            attn.forward(view_bhnd(q.data(), 1, 1, n, width), view_bhnd(k.data(), 1, 1, n, width),
+                         view_bhnd(v.data(), 1, 1, n, width), view_bhnd(out.data(), 1, 1, n, width));
+            benchmark::DoNotOptimize(out.data());
+        };
+    };
+    bench::scaling_ratio(state, runner(1 << 14), runner(1 << 16));
+}
+
 void BM_softmax_reference(benchmark::State& state)
 {
     const index n = state.range(0), t_max = state.range(1) > 0 ? state.range(1) : n;
@@ -106,3 +128,5 @@ BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::automatic, masking::causal)-
 BENCHMARK(BM_softmax_reference)->Name("softmax_reference")->Apply([](auto* b) { sweep(b, 4096, 4096); });
 BENCHMARK(BM_calibrate)->Name("calibrate")->ArgsProduct({{1024, 4096, 8192}, {16}, {1}})->ArgsProduct({{1024, 4096, 16384, 32768}, {16}, {2}})
     ->ArgsProduct({{16384}, {8, 64, 512, 2048}, {3}})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_scaling)->Name("scaling_fft")->Args({2, 0})->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_scaling)->Name("scaling_banded")->Args({3, 128})->Iterations(10)->Unit(benchmark::kMillisecond)->UseRealTime();

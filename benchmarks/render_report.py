@@ -24,18 +24,18 @@ def load(bench_dir):
 
 
 def label_and_n(bench):
-    parts = bench["name"].split("/")
-    label = parts[0]
-    n = None
-    for p in parts[1:]:
-        if p.isdigit():
-            n = int(p)
-            break
-        if ":" in p:
-            key, _, val = p.partition(":")
-            if key in ("N", "n") and val.isdigit():
-                n = int(val)
-    return label, n
+    """Splits a benchmark name into (series label, N): N is the first numeric (or N:...) argument, the label
+    is the name without it (and without the run-type suffixes), so that other arguments stay apart."""
+    parts = [p for p in bench["name"].split("/")
+             if p not in ("real_time", "manual_time", "process_time") and not p.startswith("iterations:")]
+    label, n = [], None
+    for p in parts:
+        key, sep, val = p.partition(":")
+        if n is None and (p.isdigit() or (sep and key in ("N", "n") and val.isdigit())):
+            n = int(p if p.isdigit() else val)
+            continue
+        label.append(p)
+    return "/".join(label), n
 
 
 def ms(bench):
@@ -63,6 +63,28 @@ def table(benches):
     return "\n".join(lines)
 
 
+def find(runs, binary, name):
+    """The iteration run of `binary` called `name` (without the /real_time suffix), or None."""
+    for b in runs.get(binary, []):
+        if b["name"].replace("/real_time", "").replace("/manual_time", "") == name:
+            return b
+    return None
+
+
+# Series of the scaling plot: (binary, name with {n} for N, legend).
+SCALING = [
+    ("bm_core", "linear_noncausal/N:{n}/threads:0", "linear, non-causal"),
+    ("bm_core", "linear_causal/N:{n}/threads:0", "linear, causal (chunked)"),
+    ("bm_core", "naive_causal_rank1/{n}", "naive rank-1 causal loop (baseline)"),
+    ("bm_lrpe", "causal/rotate/{n}", "LRPE rotate, causal"),
+    ("bm_spe", "sine_spe/{n}/0/5", "sineSPE K=5, non-causal"),
+    ("bm_spe", "conv_spe/{n}/0/128/0", "convSPE W=128, non-causal"),
+    ("bm_toeplitz", "toeplitz_banded/{n}/128", "Toeplitz banded, T_max=128 (1 head)"),
+    ("bm_toeplitz", "toeplitz_fft/{n}/0", "Toeplitz FFT, T_max=N (1 head)"),
+    ("bm_toeplitz", "softmax_reference/{n}/0", "exact softmax + bias, O(N^2) (1 head)"),
+]
+
+
 def plot(runs, path):
     try:
         import matplotlib
@@ -70,25 +92,91 @@ def plot(runs, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(6 * max(1, len(runs)), 4.5), squeeze=False)
-    for ax, (binary, benches) in zip(axes[0], sorted(runs.items())):
-        series = defaultdict(list)
-        for b in benches:
-            label, n = label_and_n(b)
-            if n is not None:
-                series[label].append((n, ms(b)))
-        for label, pts in sorted(series.items()):
-            pts.sort()
-            if len(pts) > 1:
-                ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        ax.set_title(binary)
-        ax.set_xlabel("sequence length N")
-        ax.set_ylabel("time per call [ms]")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    drawn = 0
+    for binary, pattern, legend in SCALING:
+        prefix, _, suffix = pattern.partition("{n}")
+        pts = []
+        for b in runs.get(binary, []):
+            name = b["name"].replace("/real_time", "").replace("/manual_time", "")
+            if name.startswith(prefix) and name.endswith(suffix):
+                middle = name[len(prefix):len(name) - len(suffix)]
+                if middle.isdigit():
+                    pts.append((int(middle), ms(b)))
+        pts.sort()
+        if len(pts) > 1:
+            ax.loglog([p[0] for p in pts], [p[1] for p in pts], marker="o", label=legend)
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_title("time per call (B = 1, H = 8 unless noted, D = M = E = 64, float)")
+    ax.set_xlabel("sequence length N")
+    ax.set_ylabel("time per call [ms]")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     return True
+
+
+def headline(runs):
+    """The targets of the performance issue, each as a ratio of two runs of one benchmark binary."""
+    rows = []
+
+    def add(what, value, target, ok, source):
+        rows.append(f"| {what} | {value} | {target} | {'yes' if ok else '**no**'} | `{source}` |")
+
+    def time_ratio(binary, big, small):
+        a, b = find(runs, binary, big), find(runs, binary, small)
+        return None if a is None or b is None else ms(a) / ms(b)
+
+    for mask, target in (("noncausal", 0.6), ("causal", 0.45)):
+        b = find(runs, "bm_core", f"linear_{mask}/N:16384/threads:0")
+        if b:
+            add(f"{mask} N = 16k: share of the GEMM roofline", f"{b['roofline_ratio']:.2f}", f">= {target}",
+                b["roofline_ratio"] >= target, "bm_core")
+    r = time_ratio("bm_core", "naive_causal_rank1/16384", "linear_causal/N:16384/threads:0")
+    if r:
+        add("causal N = 16k: speedup over the naive rank-1 loop", f"{r:.1f}x", ">= 3x", r >= 3, "bm_core")
+    r = time_ratio("bm_decoder", "decoder_step/65536", "decoder_step/1024")
+    step = find(runs, "bm_decoder", "decoder_step/65536")
+    if r and step:
+        add("decoder step after 64k tokens / after 1k", f"{r:.2f} ({step['tokens_per_s']:.3g} tokens/s, B·H = 8)",
+            "<= 1.2", r <= 1.2, "bm_decoder")
+    for binary, big, small, what, limit in (
+            ("bm_core", "linear_noncausal/N:65536/threads:0", "linear_noncausal/N:16384/threads:0", "linear non-causal", 4.4),
+            ("bm_core", "linear_causal/N:65536/threads:0", "linear_causal/N:16384/threads:0", "linear causal", 4.4),
+            ("bm_lrpe", "causal/rotate/65536", "causal/rotate/16384", "LRPE rotate causal", 4.4),
+            ("bm_lrpe", "noncausal/cosine/65536", "noncausal/cosine/16384", "LRPE cosine non-causal", 4.4),
+            ("bm_spe", "sine_spe/65536/1/5", "sine_spe/16384/1/5", "sineSPE K=5 causal", 4.4),
+            ("bm_spe", "conv_spe/65536/0/128/0", "conv_spe/16384/0/128/0", "convSPE W=128 non-causal", 4.4),
+            ("bm_toeplitz", "toeplitz_banded/65536/128", "toeplitz_banded/16384/128", "Toeplitz banded (T_max = 128)", 4.4),
+            ("bm_toeplitz", "toeplitz_fft/65536/0", "toeplitz_fft/16384/0", "Toeplitz FFT (T_max = N)", 5.0)):
+        r = time_ratio(binary, big, small)
+        if r:
+            add(f"time(64k) / time(16k): {what}", f"{r:.2f}", f"<= {limit}", r <= limit, binary)
+    for mask in ("noncausal", "causal"):
+        r = time_ratio("bm_core", f"linear_{mask}/N:16384/threads:1", f"linear_{mask}/N:16384/threads:0")
+        if r:
+            add(f"{mask} N = 16k: 2 threads over 1 (bit-identical: tests/test_core.cpp)", f"{r:.2f}x", ">= 1.7x",
+                r >= 1.7, "bm_core")
+    b = find(runs, "bm_memory", "long_context_noncausal_8_heads/1048576/iterations:1")
+    if b:
+        add("1M tokens, 8 heads, non-causal elu+1: time, peak RSS", f"{ms(b) / 1e3:.2f} s, {b['peak_rss_MiB'] / 1024:.2f} GiB",
+            "RSS < 3 GiB", b["peak_rss_MiB"] < 3 * 1024, "bm_memory")
+    for b in runs.get("bm_memory", []):
+        label, n = label_and_n(b)
+        if n == 16384 and label.startswith("memory_"):
+            big = next((x for x in runs["bm_memory"] if label_and_n(x) == (label, 65536)), None)
+            if big and b["extra_MiB"] > 0:
+                r = big["extra_MiB"] / b["extra_MiB"]
+                add(f"extra memory 64k / 16k: {label[len('memory_'):].replace('_', ' ')}",
+                    f"{r:.2f} ({big['bytes_per_token']:.0f} B/token at 64k)", "<= 4 (+1% allocator slack): O(N)", r <= 4.04, "bm_memory")
+    if not rows:
+        return []
+    return ["## Headline", "", "| target | measured | required | met | binary |", "|---|---|---|---|---|"] + rows + [""]
 
 
 def main():
@@ -97,11 +185,15 @@ def main():
     os.makedirs(docs_dir, exist_ok=True)
     out = ["# Benchmarks", "",
            "Generated by `./scripts/run bench` (benchmarks/render_report.py) from the JSON in `build/bench/`.",
-           "Each kernel's `roofline_ratio` is the time of an Eigen GEMM with the same shapes and FLOP count,",
-           "measured in the same binary right after the kernel, divided by the kernel's time.", ""]
+           "A kernel's `roofline_ratio` is the best time of an Eigen GEMM pass with the same shapes and FLOP count",
+           "(4·N·M·E per head), timed alternately with the kernel in the same benchmark, divided by the kernel's",
+           "best time. `scaling_*` rows run both lengths in every iteration and compare the best of each: the",
+           "machine is a shared VM, so single timings drift by ±30%.", ""]
     if context:
         out += [f"Machine: {context.get('num_cpus')} CPUs at {context.get('mhz_per_cpu')} MHz, "
-                f"date {context.get('date')}, library build `{context.get('library_build_type')}`.", ""]
+                f"date {context.get('date')}; linrpe in a Release build with -march=native (Debian's Google "
+                f"Benchmark library itself reports build type `{context.get('library_build_type')}`).", ""]
+    out += headline(runs)
     has_plot = plot(runs, os.path.join(docs_dir, "scaling.png"))
     if has_plot:
         out += ["![time per call against N](scaling.png)", ""]

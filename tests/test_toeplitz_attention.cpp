@@ -1,5 +1,6 @@
 // Toeplitz RPE attention: every algorithm against the explicit O(N^2) reference, special cases with known
 // closed forms, causality, extreme biases, the FAVOR+ → softmax limit, argument checks and composition.
+#include "support.hpp"
 #include "support_toeplitz.hpp"
 
 #include <linrpe/detail/toeplitz_mixer.hpp>
@@ -329,6 +330,49 @@ TEMPLATE_TEST_CASE("Batched views equal per-head calls", "[toeplitz][batched]", 
             attn.forward(sl(qb, d), sl(kb, d), sl(vb, e), out, hi, 4);
             CHECK((out.array() == row_matrix<S>(sl(ob, e)).array()).all());
         }
+}
+
+// Extra summation depth of the FFT algorithm for test::error_bound (as in test_compose.cpp): its rounding is
+// ≈ u·log2 L per transform pair and grows like √(N + Nk) in the contraction, so 4·log2 L·√(N + Nk) terms.
+index fft_terms(index n, index nk) { return index(4.0 * std::log2(double(2 * (n + nk))) * std::sqrt(double(n + nk))); }
+
+TEMPLATE_TEST_CASE("FFT mixer of one head is bit-identical for 1, 2 and 3 threads and within the bound",
+                   "[toeplitz][fft][threads]", float, double)
+{
+    using S = TestType;
+    // Odd M: every work item's last lane is half empty; M = 17 is 9 lanes, so a tile of 8 plus a partial
+    // tile whose unused lanes hold the previous item's inputs.
+    const index m = GENERATE(5, 17);
+    const bool causal = GENERATE(false, true);
+    const index n = 300, nk = causal ? n : n + 7, ex = 4;
+    const index q_first = causal ? 5 : 3, k_first = causal ? 5 : 10;
+    const auto w = random_weights<S>(400, 201);
+    // Positive features (as a positive feature map gives), values of either sign, and a column of ones like
+    // the denominator channels, which the FFT clamps by sign.
+    const row_matrix<S> psi = uniform<S>(n, m, 202, 0.0, 1.0), kappa = uniform<S>(nk, m, 203, 0.0, 1.0);
+    row_matrix<S> vx = uniform<S>(nk, ex, 204);
+    vx.col(ex - 1).setOnes();
+
+    const row_matrix<double> psi_d = psi.template cast<double>(), kappa_d = kappa.template cast<double>(),
+                             vx_d = vx.template cast<double>();
+    const row_matrix<double> c = explicit_toeplitz(w, n, nk, k_first - q_first, causal);
+    const row_matrix<double> ref = ((psi_d * kappa_d.transpose()).array() * c.array()).matrix() * vx_d;
+    const double bound = test::error_bound(psi_d, kappa_d, c, vx_d, normalization::none, 0.0, test::unit_roundoff<S>(),
+                                           m + nk + fft_terms(n, nk) + 4);
+
+    std::vector<row_matrix<S>> nums;
+    for (const int threads : {1, 2, 3}) {
+        row_matrix<S> num(n, ex);
+        detail::toeplitz_mix_fft<S>(w, psi, kappa, vx, num, q_first, k_first, causal, 0, threads);
+        const double err = test::abs_error(num, ref);
+        CAPTURE(m, causal, threads, err, bound);
+        CHECK(err <= bound);
+        nums.push_back(num);
+    }
+    CAPTURE(m, causal);
+    // Work is split by value column, fixed by M and Ex alone: the thread count must not change one bit.
+    CHECK(test::bit_identical(nums[0], nums[1]));
+    CHECK(test::bit_identical(nums[0], nums[2]));
 }
 
 TEST_CASE("Automatic choice: banded for a short band, never the FFT for an ill-conditioned bias", "[toeplitz][automatic]")

@@ -176,6 +176,7 @@ private:
         if (!(opt.eps > Scalar(0)) || !std::isfinite(static_cast<double>(opt.eps)))
             detail::fail("options.eps", "a finite value > 0", opt.eps);
         if (opt.chunk_size < 1) detail::fail("options.chunk_size", "a value >= 1", opt.chunk_size);
+        if (opt.segment_rows < 1) detail::fail("options.segment_rows", "a value >= 1", opt.segment_rows);
         if (opt.threads < 0) detail::fail("options.threads", "a value >= 0 (0 = OpenMP default)", opt.threads);
         if (opt.norm == normalization::sum && !FeatureMap::is_positive && !opt.allow_signed_normalizer)
             detail::fail("options.norm", "normalization::rms or none for a feature map with signed features "
@@ -278,6 +279,14 @@ private:
             if (causal) run_causal_blocked(q, k, v, out, head, q_first, state, splits_sequence(call_heads, q.rows()));
             else run_noncausal_blocked(q, k, v, out, head, q_first, k_first);
         } else {
+            const auto w = m_pe.template mixing_weights<Scalar>(head, common_factor_cancels());
+            const index ex = v.cols() + (m_opt.norm == normalization::sum ? 1 : 0);
+            if (!state && k.rows() > 0 &&
+                detail::toeplitz_resolve<Scalar>(m_opt.toeplitz, w, q.rows(), k.rows(), encoded_dim(q.cols()), ex,
+                                                 k_first - q_first, causal) == toeplitz_algorithm::banded) {
+                run_banded_segments(q, k, v, out, head, q_first, k_first, w, splits_sequence(call_heads, q.rows()));
+                return;
+            }
             const index n = q.rows(), nk = k.rows(), e = v.cols();
             const matrix psi = encode(q, role::query, head, q_first); // (N, M')
             const matrix kappa = encode(k, role::key, head, k_first); // (Nk, M')
@@ -287,9 +296,8 @@ private:
             vx.leftCols(e) = v;
             if (with_den) vx.col(e).setOnes();
             matrix num(n, vx.cols()); // (N, Ex)
-            const auto w = m_pe.template mixing_weights<Scalar>(head, common_factor_cancels());
             if (state) state->mix(w, psi, kappa, vx, num, q_first, m_opt.toeplitz);
-            else detail::toeplitz_mix<Scalar>(w, psi, kappa, vx, num, q_first, k_first, causal, m_opt.toeplitz);
+            else detail::toeplitz_mix<Scalar>(w, psi, kappa, vx, num, q_first, k_first, causal, m_opt.toeplitz, m_opt.threads);
             out = num.leftCols(e);
             vector<Scalar> den = with_den ? vector<Scalar>(num.col(e)) : vector<Scalar>();
             normalize(out, with_den ? &den : nullptr);
@@ -300,18 +308,17 @@ private:
     /// the GEMMs (512 × M' floats = 128 KiB for M' = 64). Fixed, so that the summation order (and so the
     /// result) never depends on the thread count.
     static constexpr index fused_block = 512;
-    /// Causal calls with fewer than this many (batch, head) sequences split each sequence longer than
-    /// `causal_segment` rows into segments of that many rows, which run in parallel; otherwise threads take
-    /// whole heads. The choice depends on the shape only, never on the thread count, so results stay
-    /// thread-independent.
+    /// Calls with fewer than this many (batch, head) sequences split a causal or Toeplitz head longer than
+    /// options::segment_rows into segments that run in parallel; otherwise threads take whole heads. The
+    /// choice depends on the shape only, never on the thread count, so results stay thread-independent.
     static constexpr index sequence_parallel_below = 8;
-    static constexpr index causal_segment = 4096;
 
     // Whether a causal head of n tokens in a call of `call_heads` sequences is split into parallel segments.
+    // Toeplitz mixing (any mask) threads inside a head as well: banded over segments, dense over row blocks.
     bool splits_sequence(index call_heads, index n) const
     {
-        return !PositionalEncoding::has_mixing && m_opt.mask == masking::causal && call_heads < sequence_parallel_below &&
-               n > causal_segment;
+        return (PositionalEncoding::has_mixing || m_opt.mask == masking::causal) && call_heads < sequence_parallel_below &&
+               n > m_opt.segment_rows;
     }
     // Threads for the loop over a call's sequences: one when the segments of each sequence take them instead.
     int head_threads(index call_heads, index n) const { return splits_sequence(call_heads, n) ? 1 : m_opt.threads; }
@@ -351,28 +358,29 @@ private:
 
     // Causal without sequence-mixing weights: the chunk recurrence of detail::causal_chunks over blocks of
     // `fused_block` rows, each encoded just before use so that ψ, κ, V and the state stay in cache.
-    // With `split` the sequence is cut into segments of `causal_segment` rows:
-    //   1. (parallel) Δ_s = Σ_{j in s} κ_j [v_j, 1]ᵀ for every segment but the last, keeping its κ
+    // With `split` the sequence is cut into segments of about options::segment_rows rows (whole blocks):
+    //   1. (parallel) Δ_s = Σ_{j in s} κ_j [v_j, 1]ᵀ for every segment but the last
     //   2. (in order) S_s = S_{s−1} + Δ_{s−1}, starting from the decoder's state (or zero)
     //   3. (parallel) the recurrence over each segment from S_s
-    // which costs 2·M'·E more flops per token of the first segments. Without `split` (threads busy with other
-    // heads) the recurrence runs once over the whole sequence.
+    // which costs 2·M'·E more flops per token of the first segments, plus encoding their keys again: storing κ
+    // instead would cost O(N·M') memory. Without `split` (threads busy with other heads) the recurrence runs
+    // once over the whole sequence. Extra memory: O(block·(M' + E) + segments·M'·E) either way.
     void run_causal_blocked(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index first,
                             causal_stream* carried, bool split) const
     {
         const index n = q.rows(), e = v.cols(), chunk = m_opt.chunk_size;
         const bool with_den = m_opt.norm == normalization::sum;
         const index m = encoded_dim(q.cols());
-        const index block = std::max<index>(1, fused_block / chunk) * chunk;
-        const index segment = split ? std::max<index>(1, causal_segment / block) * block : n;
+        const index block = std::max<index>(1, std::min(fused_block, m_opt.segment_rows) / chunk) * chunk;
+        const index segment = split ? std::max<index>(1, m_opt.segment_rows / block) * block : n;
         const index segments = (n + segment - 1) / segment;
         std::vector<detail::causal_state<Scalar>> start(static_cast<std::size_t>(segments));
-        std::vector<matrix> kappa(start.size()); // κ of segments 0 .. segments − 2, reused by step 3
         detail::parallel_for(segments - 1, m_opt.threads, [&](index s) {
-            const index r0 = s * segment;
-            kappa[s] = encode(k.middleRows(r0, segment), role::key, head, first + r0); // (segment, M')
             start[s].reset(m, e, with_den);
-            start[s].add(kappa[s], v.middleRows(r0, segment));
+            for (index r0 = s * segment; r0 < (s + 1) * segment; r0 += block) {
+                const matrix kappa = encode(k.middleRows(r0, block), role::key, head, first + r0); // (block, M')
+                start[s].add(kappa, v.middleRows(r0, block));
+            }
         });
         detail::causal_state<Scalar> running;
         if (carried && !carried->empty()) running = *carried;
@@ -386,21 +394,95 @@ private:
         detail::parallel_for(segments, m_opt.threads, [&](index s) {
             const index s0 = s * segment, srows = std::min(segment, n - s0);
             detail::causal_state<Scalar>& state = start[s];
-            matrix scores, kappa_b;
+            matrix scores;
             vector<Scalar> den;
             for (index b0 = 0; b0 < srows; b0 += block) {
                 const index r0 = s0 + b0, rows = std::min(block, srows - b0);
-                const matrix psi = encode(q.middleRows(r0, rows), role::query, head, first + r0); // (rows, M')
-                if (s + 1 < segments) kappa_b = kappa[s].middleRows(b0, rows);
-                else kappa_b = encode(k.middleRows(r0, rows), role::key, head, first + r0); // (rows, M')
+                const matrix psi = encode(q.middleRows(r0, rows), role::query, head, first + r0);   // (rows, M')
+                const matrix kappa = encode(k.middleRows(r0, rows), role::key, head, first + r0); // (rows, M')
                 ref o = out.middleRows(r0, rows);
                 if (with_den) den.resize(rows);
-                detail::causal_chunks<Scalar>(psi, kappa_b, v.middleRows(r0, rows), o, with_den ? &den : nullptr, state,
+                detail::causal_chunks<Scalar>(psi, kappa, v.middleRows(r0, rows), o, with_den ? &den : nullptr, state,
                                               chunk, scores);
                 normalize(o, with_den ? &den : nullptr);
             }
         });
         if (carried) *carried = std::move(start.back());
+    }
+
+    // Toeplitz mixing by the banded algorithm, fused by segments of options::segment_rows query rows so that the
+    // features of a segment and of its key window stay in cache (and are never materialized for the whole
+    // sequence). Segment s covers rows [s0, s1) and the key window [A_s, B_s), the union of its blocks'
+    // rectangles (detail::banded_rectangle); the far keys enter as the states
+    //     behind_s = Σ_{j < A_s} κ_j vx_jᵀ,   ahead_s = Σ_{j >= B_s} κ_j vx_jᵀ (non-causal only)
+    // built from increments over [A_{s−1}, A_s) and [B_s, B_{s+1}). With `parallel` the segments run in
+    // parallel (each increment re-encodes its keys); otherwise in order, behind_s carried from the previous
+    // window. Either choice depends on the shape only. Extra memory O(segment·(M' + Ex) + segments·M'·Ex).
+    void run_banded_segments(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head,
+                             index q_first, index k_first, const detail::relative_weights<Scalar>& w, bool parallel) const
+    {
+        const index n = q.rows(), nk = k.rows(), e = v.cols(), delta = k_first - q_first;
+        const bool causal = m_opt.mask == masking::causal, with_den = m_opt.norm == normalization::sum;
+        const index m = encoded_dim(q.cols()), ex = e + (with_den ? 1 : 0);
+        const index rb = detail::banded_block(w.t_max);
+        const index segment = std::max<index>(1, m_opt.segment_rows / rb) * rb;
+        const index segments = (n + segment - 1) / segment;
+        parallel = parallel && segments > 1;
+        std::vector<index> a(static_cast<std::size_t>(segments + 1)), b(a.size());
+        for (index s = 0; s < segments; ++s) {
+            const index last = std::min(n, (s + 1) * segment) - 1, last0 = last / rb * rb;
+            a[s] = detail::banded_rectangle(s * segment, rb, delta, w.t_max, nk, causal).first;
+            b[s] = detail::banded_rectangle(last0, last - last0 + 1, delta, w.t_max, nk, causal).second;
+        }
+        b[segments] = nk;
+        // [vx] rows of V with the ones column of the denominator: (rows, Ex)
+        const auto values = [&](index j0, index rows) {
+            matrix vx(rows, ex);
+            vx.leftCols(e) = v.middleRows(j0, rows);
+            if (with_den) vx.col(e).setOnes();
+            return vx;
+        };
+        // Σ κ_j vx_jᵀ over keys [j0, j1), encoded in blocks of fused_block rows: (M', Ex)
+        const auto key_state = [&](index j0, index j1) {
+            matrix st = matrix::Zero(m, ex);
+            for (index r0 = j0; r0 < j1; r0 += fused_block) {
+                const index rows = std::min(fused_block, j1 - r0);
+                const matrix kappa = encode(k.middleRows(r0, rows), role::key, head, k_first + r0); // (rows, M')
+                st.noalias() += kappa.transpose() * values(r0, rows);
+            }
+            return st;
+        };
+        std::vector<matrix> behind(static_cast<std::size_t>(segments)), ahead(behind.size());
+        if (parallel) {
+            detail::parallel_for(segments, m_opt.threads, [&](index s) { behind[s] = key_state(s ? a[s - 1] : 0, a[s]); });
+            for (index s = 1; s < segments; ++s) behind[s] += behind[s - 1];
+        } else {
+            behind[0] = key_state(0, a[0]);
+        }
+        if (!causal) {
+            detail::parallel_for(segments, m_opt.threads, [&](index s) { ahead[s] = key_state(b[s], b[s + 1]); });
+            for (index s = segments - 1; s-- > 0;) ahead[s] += ahead[s + 1];
+        }
+        const auto run_segment = [&](index s) {
+            const index s0 = s * segment, rows = std::min(segment, n - s0), keys = b[s] - a[s];
+            const matrix psi = encode(q.middleRows(s0, rows), role::query, head, q_first + s0);   // (rows, M')
+            const matrix kappa = encode(k.middleRows(a[s], keys), role::key, head, k_first + a[s]); // (keys, M')
+            const matrix vx = values(a[s], keys);                                                 // (keys, Ex)
+            matrix num(rows, ex);
+            detail::toeplitz_mix_banded<Scalar>(w, psi, kappa, vx, num, q_first + s0, k_first + a[s], causal, rb, &behind[s],
+                                                causal ? nullptr : &ahead[s]);
+            if (!parallel && s + 1 < segments) { // behind_{s+1} = behind_s + the keys [A_s, A_{s+1}) of this window
+                behind[s + 1] = behind[s];
+                behind[s + 1].noalias() += kappa.topRows(a[s + 1] - a[s]).transpose() * vx.topRows(a[s + 1] - a[s]);
+            }
+            ref o = out.middleRows(s0, rows);
+            o = num.leftCols(e);
+            vector<Scalar> den = with_den ? vector<Scalar>(num.col(e)) : vector<Scalar>();
+            normalize(o, with_den ? &den : nullptr);
+        };
+        if (parallel) detail::parallel_for(segments, m_opt.threads, run_segment);
+        else
+            for (index s = 0; s < segments; ++s) run_segment(s);
     }
 
     // out holds the numerator; divides by den + eps (sum) or by the row RMS (rms) in place.

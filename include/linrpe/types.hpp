@@ -45,6 +45,11 @@ struct options {
     Scalar eps = Scalar(1e-6);
     /// Rows per chunk of the causal chunked GEMM form; any value >= 1 gives the same result to rounding.
     index chunk_size = 32;
+    /// Rows per segment of a long head (rounded to whole blocks): causal heads in calls of fewer than 8
+    /// sequences run their segments in parallel, Toeplitz banded mixing always works segment by segment
+    /// (features of one segment and its key window stay in cache). Like chunk_size, any value >= 1 gives
+    /// the same result to rounding; the thread count never changes it.
+    index segment_rows = 4096;
     /// Accept `sum` normalization for scores that can be negative (e.g. trig_features, as Performer does).
     bool allow_signed_normalizer = false;
     /// Forces a Toeplitz mixing algorithm; ignored by encodings without sequence mixing.

@@ -10,6 +10,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <utility>
 
 namespace linrpe {
 namespace detail {
@@ -17,6 +18,16 @@ namespace detail {
 /// Row-block size of the banded algorithm: (block + 2·T_max)·(M + Ex) band work per row against
 /// 4·M·Ex far-state work; 64 rows keep the GEMMs efficient without widening the band much.
 inline index banded_block(index t_max) { return std::clamp<index>(t_max, 32, 64); }
+
+/// Keys [lo, hi) whose weights the banded algorithm applies explicitly to query rows [r0, r0 + rows):
+/// those with |t| < T_max for some row (t = j − i + delta), only t <= 0 when causal; clamped to [0, nk).
+/// lo and hi never decrease as r0 grows.
+inline std::pair<index, index> banded_rectangle(index r0, index rows, index delta, index t_max, index nk, bool causal)
+{
+    const index lo = std::clamp<index>(r0 - delta - t_max + 1, 0, nk);
+    const index hi = causal ? std::clamp<index>(r0 + rows - delta, lo, nk) : std::clamp<index>(r0 + rows - 1 - delta + t_max, lo, nk);
+    return {lo, hi};
+}
 
 /// \brief Banded algorithm. Clipping makes every weight with t = j − i + delta <= −T_max equal
 /// c_far_behind and every t >= T_max equal c_far_ahead. For a block of rows [r0, r0 + R) the keys split into
@@ -31,14 +42,19 @@ inline index banded_block(index t_max) { return std::clamp<index>(t_max, 32, 64)
 /// backward sweep (no subtraction, so no cancellation). O(N·((R + 2T_max)·(M + Ex) + 4·M·Ex)) time,
 /// O(R·(R + 2T_max) + M·Ex) extra memory. Causal rows never read a later key: outputs up to i are
 /// bit-identical whatever later (finite) tokens hold. Equals the dense and FFT algorithms to rounding.
+///
+/// `kappa`, `vx` may be a window of a longer key sequence: `behind` then holds Σ κ_j vx_jᵀ (M, Ex) over the
+/// keys before the window and `ahead` over the keys after it (non-causal), so that the rows of `psi` see
+/// the whole sequence; the window must cover every row's rectangle.
 template <class S>
 void toeplitz_mix_banded(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& psi,
                          const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& vx,
-                         Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, bool causal, index block = 0)
+                         Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, bool causal, index block = 0,
+                         const row_matrix<S>* behind = nullptr, const row_matrix<S>* ahead = nullptr)
 {
     const index n = psi.rows(), nk = kappa.rows(), m = psi.cols(), ex = vx.cols();
     if (n == 0) return;
-    if (nk == 0) {
+    if (nk == 0 && !behind && !ahead) {
         num.setZero();
         return;
     }
@@ -48,15 +64,11 @@ void toeplitz_mix_banded(const relative_weights<S>& w, const Eigen::Ref<const ro
     // (the second bound keeps the table small when T_max is much larger than the sequence).
     const index t_lo = std::max(-(t_max + rb), delta - n), t_hi = std::min(t_max + rb, delta + nk);
     const vector<S> table = offset_table(w, t_lo, t_hi, causal);
-    const auto rect = [&](index r0, index rows) {
-        const index lo = std::clamp<index>(r0 - delta - t_max + 1, 0, nk);
-        const index hi = causal ? std::clamp<index>(r0 + rows - delta, lo, nk)
-                                : std::clamp<index>(r0 + rows - 1 - delta + t_max, lo, nk);
-        return std::make_pair(lo, hi);
-    };
+    const auto rect = [&](index r0, index rows) { return banded_rectangle(r0, rows, delta, t_max, nk, causal); };
 
     row_matrix<S> scores;
-    row_matrix<S> state = row_matrix<S>::Zero(m, ex); // (M, Ex) = Σ_{j < behind_end} κ_j vx_jᵀ
+    // (M, Ex) = Σ_{j < behind_end} κ_j vx_jᵀ, plus the keys before the window
+    row_matrix<S> state = behind ? *behind : row_matrix<S>::Zero(m, ex);
     index behind_end = 0;
     for (index r0 = 0; r0 < n; r0 += rb) {
         const index rows = std::min(rb, n - r0);
@@ -76,10 +88,11 @@ void toeplitz_mix_banded(const relative_weights<S>& w, const Eigen::Ref<const ro
             state.noalias() += kappa.middleRows(behind_end, lo - behind_end).transpose() * vx.middleRows(behind_end, lo - behind_end);
             behind_end = lo;
         }
-        if (behind_end > 0) num_b.noalias() += w.far_behind() * (psi_b * state);
+        if (behind_end > 0 || behind) num_b.noalias() += w.far_behind() * (psi_b * state);
     }
     if (causal) return;
-    state.setZero();
+    if (ahead) state = *ahead;
+    else state.setZero();
     index ahead_begin = nk;
     for (index r0 = (n - 1) / rb * rb; r0 >= 0; r0 -= rb) {
         const index rows = std::min(rb, n - r0);
@@ -88,7 +101,7 @@ void toeplitz_mix_banded(const relative_weights<S>& w, const Eigen::Ref<const ro
             state.noalias() += kappa.middleRows(hi, ahead_begin - hi).transpose() * vx.middleRows(hi, ahead_begin - hi);
             ahead_begin = hi;
         }
-        if (ahead_begin < nk) num.middleRows(r0, rows).noalias() += w.far_ahead() * (psi.middleRows(r0, rows) * state);
+        if (ahead_begin < nk || ahead) num.middleRows(r0, rows).noalias() += w.far_ahead() * (psi.middleRows(r0, rows) * state);
     }
 }
 

@@ -5,6 +5,7 @@
 
 #include "../fft/backend.hpp"
 #include "../types.hpp"
+#include "parallel.hpp"
 #include "relative_weights.hpp"
 
 #include <Eigen/Core>
@@ -14,6 +15,7 @@
 #include <complex>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace linrpe {
@@ -80,12 +82,15 @@ index fft_length_for(index n)
 /// the wrap-around carries future keys into past queries (Luo et al. use 2N; any L >= N + Nk − 1 is exact).
 ///
 /// Real channels are packed in pairs into the real and imaginary parts of one complex lane (the kernel h is
-/// real, so the two convolutions do not mix); lanes go through the backend in tiles of `tile` lanes, so the
-/// working memory is 3·tile·L complex values. ĥ (with the 1/L of the inverse folded in) is computed once.
+/// real, so the two convolutions do not mix); lanes go through the backend in tiles of `tile` lanes.
+/// The engine itself holds only ĥ (with the 1/L of the inverse folded in, computed once) and is read-only
+/// after construction, so several threads may share it; the working memory, 3·tile·L complex values and
+/// the backend plans, lives in a `workspace`, one per concurrently running caller.
 template <class S, class Backend>
 class toeplitz_fft_engine {
     using cpx = std::complex<S>;
     using buffer = std::vector<cpx, Eigen::aligned_allocator<cpx>>;
+    using transform = typename Backend::template transform<S>;
 
 public:
     toeplitz_fft_engine(const relative_weights<S>& w, index n, index nk, index delta, bool causal, index min_length = 0,
@@ -103,47 +108,79 @@ public:
             const index t = delta + e;
             h[m_length - e] = (causal && t > 0) ? S(0) : w.at(t) * inv_length;
         }
-        typename Backend::template transform<S>(m_length, 1, m_dist, h.data(), hhat.data(), false).execute();
+        transform(m_length, 1, m_dist, h.data(), hhat.data(), false).execute();
         m_hhat.assign(hhat.begin(), hhat.begin() + m_length);
     }
 
     index length() const { return m_length; }
 
-    /// \brief Convolves `channels` real channels. fill(c, dst, stride) writes the Nk inputs of channel c to
-    /// dst[j·stride]; consume(c, src, stride) reads its N outputs from src[i·stride]. Channels are visited in
-    /// increasing order, so accumulation in consume is deterministic.
+    /// \brief The mutable half of a run: input, spectrum and output buffers of tile·L complex values each,
+    /// and the forward and inverse plans over them, for runs of `channels` channels (tile = min(engine tile,
+    /// ⌈channels/2⌉) lanes). Reusable for any number of runs of that many channels, one at a time; the plans
+    /// point into the buffers, so a workspace is neither copied nor moved.
+    class workspace {
+    public:
+        workspace(const toeplitz_fft_engine& engine, index channels)
+            : m_tile(std::max<index>(1, std::min(engine.m_tile, (channels + 1) / 2))),
+              m_in(static_cast<std::size_t>(m_tile * engine.m_dist), cpx(0)), // `in` keeps its zero padding beyond Nk
+              m_spectrum(m_in.size()), m_out(m_in.size()),
+              m_forward(engine.m_length, m_tile, engine.m_dist, m_in.data(), m_spectrum.data(), false),
+              m_inverse(engine.m_length, m_tile, engine.m_dist, m_spectrum.data(), m_out.data(), true)
+        {
+        }
+        workspace(const workspace&) = delete;
+        workspace& operator=(const workspace&) = delete;
+
+    private:
+        friend class toeplitz_fft_engine;
+        index m_tile;
+        buffer m_in, m_spectrum, m_out; // declared before the plans, which are made over them
+        transform m_forward, m_inverse;
+    };
+
+    /// \brief Convolves `channels` real channels in `ws` (made for this engine and this many channels).
+    /// fill(c, dst, stride) writes the Nk inputs of channel c to dst[j·stride]; consume(c, src, stride) reads
+    /// its N outputs from src[i·stride]. Channels are visited in increasing order, so accumulation in consume
+    /// is deterministic; channel c always sits in the same lane slot of the same plan, so its result does not
+    /// depend on which workspace runs it or on what other lanes hold.
     template <class Fill, class Consume>
-    void run(index channels, Fill&& fill, Consume&& consume)
+    void run(workspace& ws, index channels, Fill&& fill, Consume&& consume) const
     {
         if (channels == 0 || m_n == 0) return;
         const index lanes = (channels + 1) / 2;
-        const index tile = std::min(m_tile, lanes);
-        const std::size_t size = static_cast<std::size_t>(tile * m_dist);
-        buffer in(size, cpx(0)), spectrum(size), out(size); // `in` keeps its zero padding beyond Nk
-        typename Backend::template transform<S> forward(m_length, tile, m_dist, in.data(), spectrum.data(), false);
-        typename Backend::template transform<S> inverse(m_length, tile, m_dist, spectrum.data(), out.data(), true);
+        const index tile = ws.m_tile;
         for (index lane0 = 0; lane0 < lanes; lane0 += tile) {
             const index count = std::min(tile, lanes - lane0);
             for (index p = 0; p < count; ++p) {
-                S* x = reinterpret_cast<S*>(in.data() + p * m_dist);
+                S* x = reinterpret_cast<S*>(ws.m_in.data() + p * m_dist);
                 const index a = 2 * (lane0 + p);
                 fill(a, x, index(2));
                 if (a + 1 < channels) fill(a + 1, x + 1, index(2));
                 else for (index j = 0; j < m_nk; ++j) x[2 * j + 1] = S(0);
             }
-            forward.execute();
+            // The whole tile is transformed; lanes beyond `count` hold stale inputs whose results are unused.
+            ws.m_forward.execute();
             for (index p = 0; p < tile; ++p) {
-                cpx* s = spectrum.data() + p * m_dist;
+                cpx* s = ws.m_spectrum.data() + p * m_dist;
                 for (index f = 0; f < m_length; ++f) s[f] *= m_hhat[static_cast<std::size_t>(f)];
             }
-            inverse.execute();
+            ws.m_inverse.execute();
             for (index p = 0; p < count; ++p) {
-                const S* y = reinterpret_cast<const S*>(out.data() + p * m_dist);
+                const S* y = reinterpret_cast<const S*>(ws.m_out.data() + p * m_dist);
                 const index a = 2 * (lane0 + p);
                 consume(a, y, index(2));
                 if (a + 1 < channels) consume(a + 1, y + 1, index(2));
             }
         }
+    }
+
+    /// run() in a workspace of its own (one thread).
+    template <class Fill, class Consume>
+    void run(index channels, Fill&& fill, Consume&& consume) const
+    {
+        if (channels == 0 || m_n == 0) return;
+        workspace ws(*this, channels);
+        run(ws, channels, std::forward<Fill>(fill), std::forward<Consume>(consume));
     }
 
 private:
@@ -152,14 +189,14 @@ private:
 };
 
 /// \brief Y (N, F) = C X for X (Nk, F), C_ij = w(j − i + delta) (0 for j − i + delta > 0 when causal), by FFT
-/// of length >= max(min_length, N + Nk − 1). O(F·L log L) time, O(tile·L) extra memory.
+/// of length >= max(min_length, N + Nk − 1). O(F·L log L) time, O(tile·L) extra memory; one thread.
 template <class S, class Backend = fft::default_backend>
 void toeplitz_product_fft(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& x,
                           Eigen::Ref<row_matrix<S>> y, index delta, bool causal, index min_length = 0)
 {
     const index n = y.rows(), nk = x.rows(), f = x.cols();
     if (n == 0) return;
-    toeplitz_fft_engine<S, Backend> engine(w, n, nk, delta, causal, min_length);
+    const toeplitz_fft_engine<S, Backend> engine(w, n, nk, delta, causal, min_length);
     engine.run(
         f, [&](index c, S* dst, index stride) { for (index j = 0; j < nk; ++j) dst[j * stride] = x(j, c); },
         [&](index c, const S* src, index stride) { for (index i = 0; i < n; ++i) y(i, c) = src[i * stride]; });
@@ -172,11 +209,22 @@ void toeplitz_product_fft(const relative_weights<S>& w, const Eigen::Ref<const r
 ///
 /// The outer products must be formed before the convolution (they do not commute with it), hence M·Ex
 /// convolutions; each channel is contracted with ψ as soon as its tile returns, so κ ⊗ vx is never stored.
-/// O(M·Ex·L log L + (N + Nk)·M·Ex) time, O(tile·L + (N + Nk)·(M + Ex)) extra memory.
+///
+/// Threads (`threads`, 0 = OpenMP default; serial inside an enclosing parallel region, e.g. when the
+/// batched API already threads over heads) share ĥ and split the work by value column: item ν convolves the
+/// M channels (0..M−1, ν), packed in pairs into ⌈M/2⌉ lanes (an odd M leaves half of the last lane zero),
+/// and is the only writer of num(·, ν), which it accumulates over μ in increasing order. Partitioning by ν
+/// rather than by μ or by lane gives every output column one owner, so there is no reduction to order and
+/// no per-thread copy of num, and since the partition and each item's lane packing depend on M and Ex only,
+/// every value is computed by the same operations in the same order for any thread count: the result is
+/// bit-identical for any `threads`. Items are grouped into one contiguous block per running thread, each
+/// with one workspace. O(Ex·⌈M/2⌉·L log L + (N + Nk)·M·Ex) time, O(threads·tile·L + (N + Nk)·(M + Ex))
+/// extra memory.
 template <class S, class Backend = fft::default_backend>
 void toeplitz_mix_fft(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& psi,
                       const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& vx,
-                      Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, bool causal, index min_length = 0)
+                      Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, bool causal, index min_length = 0,
+                      int threads = 0)
 {
     const index n = psi.rows(), nk = kappa.rows(), m = psi.cols(), ex = vx.cols();
     if (n == 0) return;
@@ -184,46 +232,56 @@ void toeplitz_mix_fft(const relative_weights<S>& w, const Eigen::Ref<const row_m
         num.setZero();
         return;
     }
+    using engine_t = toeplitz_fft_engine<S, Backend>;
     // Channel-major copies: every channel reads and writes contiguous rows.
     const row_matrix<S> kt = kappa.transpose(); // (M, Nk)
     const row_matrix<S> vt = vx.transpose();    // (Ex, Nk)
     const row_matrix<S> pt = psi.transpose();   // (M, N)
-    row_matrix<S> nt = row_matrix<S>::Zero(ex, n); // (Ex, N)
-    toeplitz_fft_engine<S, Backend> engine(w, n, nk, k_first - q_first, causal, min_length);
+    row_matrix<S> nt = row_matrix<S>::Zero(ex, n); // (Ex, N); row ν is written by item ν only
+    const engine_t engine(w, n, nk, k_first - q_first, causal, min_length);
     // FFT rounding is absolute (≈ eps·log L·‖c‖·‖x‖), so a convolution whose true value is tiny can come out
     // slightly negative. With weights c >= 0, a channel whose inputs all have one sign has outputs of that
     // sign: clamping them only moves toward the exact value, and keeps the denominator channels (κ >= 0
     // times the ones column) non-negative, so den + eps > 0 for positive feature maps at any bias range.
     const bool weights_non_negative = (w.c.array() >= S(0)).all();
-    std::vector<signed char> sign(static_cast<std::size_t>(m * ex), 0);
-    engine.run(
-        m * ex,
-        [&](index c, S* dst, index stride) {
-            const S* k = kt.row(c / ex).data();
-            const S* v = vt.row(c % ex).data();
-            bool non_negative = true, non_positive = true;
-            for (index j = 0; j < nk; ++j) {
-                const S x = k[j] * v[j];
-                dst[j * stride] = x;
-                non_negative = non_negative && x >= S(0);
-                non_positive = non_positive && x <= S(0);
-            }
-            sign[static_cast<std::size_t>(c)] = !weights_non_negative ? 0 : non_negative ? 1 : non_positive ? -1 : 0;
-        },
-        [&](index c, const S* src, index stride) {
-            const S* p = pt.row(c / ex).data();
-            S* o = nt.row(c % ex).data();
-            switch (sign[static_cast<std::size_t>(c)]) {
-            case 1:
-                for (index i = 0; i < n; ++i) o[i] += p[i] * std::max(src[i * stride], S(0));
-                break;
-            case -1:
-                for (index i = 0; i < n; ++i) o[i] += p[i] * std::min(src[i * stride], S(0));
-                break;
-            default:
-                for (index i = 0; i < n; ++i) o[i] += p[i] * src[i * stride];
-            }
-        });
+    // One block of consecutive items per thread that runs at once, so buffers scale with the threads, not
+    // with Ex. The blocks only decide which workspace runs an item, never what it computes.
+    const index blocks = concurrent_items(ex, threads);
+    parallel_for(blocks, threads, [&](index b) {
+        typename engine_t::workspace ws(engine, m);
+        std::vector<signed char> sign(static_cast<std::size_t>(m), 0); // per channel μ of the current item
+        for (index nu = ex * b / blocks; nu < ex * (b + 1) / blocks; ++nu) {
+            const S* v = vt.row(nu).data();
+            S* o = nt.row(nu).data();
+            engine.run(
+                ws, m,
+                [&](index mu, S* dst, index stride) {
+                    const S* k = kt.row(mu).data();
+                    bool non_negative = true, non_positive = true;
+                    for (index j = 0; j < nk; ++j) {
+                        const S x = k[j] * v[j];
+                        dst[j * stride] = x;
+                        non_negative = non_negative && x >= S(0);
+                        non_positive = non_positive && x <= S(0);
+                    }
+                    sign[static_cast<std::size_t>(mu)] =
+                        !weights_non_negative ? 0 : non_negative ? 1 : non_positive ? -1 : 0;
+                },
+                [&](index mu, const S* src, index stride) {
+                    const S* p = pt.row(mu).data();
+                    switch (sign[static_cast<std::size_t>(mu)]) {
+                    case 1:
+                        for (index i = 0; i < n; ++i) o[i] += p[i] * std::max(src[i * stride], S(0));
+                        break;
+                    case -1:
+                        for (index i = 0; i < n; ++i) o[i] += p[i] * std::min(src[i * stride], S(0));
+                        break;
+                    default:
+                        for (index i = 0; i < n; ++i) o[i] += p[i] * src[i * stride];
+                    }
+                });
+        }
+    });
     num = nt.transpose();
 }
 

@@ -37,22 +37,24 @@ toeplitz_algorithm toeplitz_resolve(toeplitz_algorithm requested, const relative
     return c.banded <= c.dense ? toeplitz_algorithm::banded : toeplitz_algorithm::dense;
 }
 
-/// num (N, Ex) = Σ_j w_ij ⟨ψ_i, κ_j⟩ vx_j by the requested algorithm; all three agree to rounding.
+/// num (N, Ex) = Σ_j w_ij ⟨ψ_i, κ_j⟩ vx_j by the requested algorithm; all three agree to rounding. Dense
+/// (row blocks) and FFT (value columns) thread inside the head; their results do not depend on `threads`.
 template <class S>
 void toeplitz_mix(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& psi,
                   const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& vx,
-                  Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, bool causal, toeplitz_algorithm algo)
+                  Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, bool causal, toeplitz_algorithm algo,
+                  int threads = 0)
 {
     switch (toeplitz_resolve<S>(algo, w, psi.rows(), kappa.rows(), psi.cols(), vx.cols(), k_first - q_first, causal)) {
     case toeplitz_algorithm::fft:
-        toeplitz_mix_fft<S>(w, psi, kappa, vx, num, q_first, k_first, causal);
+        toeplitz_mix_fft<S>(w, psi, kappa, vx, num, q_first, k_first, causal, 0, threads);
         break;
     case toeplitz_algorithm::banded:
         toeplitz_mix_banded<S>(w, psi, kappa, vx, num, q_first, k_first, causal);
         break;
     case toeplitz_algorithm::dense:
     default:
-        toeplitz_mix_dense<S>(w, psi, kappa, vx, num, q_first, k_first, causal);
+        toeplitz_mix_dense<S>(w, psi, kappa, vx, num, q_first, k_first, causal, 128, threads);
         break;
     }
 }
