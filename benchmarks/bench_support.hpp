@@ -88,6 +88,25 @@ inline void set_counters(benchmark::State& state, double tokens, double flops, d
     state.counters["GFLOPs"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
     state.counters["roofline_s"] = roofline_seconds;
 }
+/// \brief Times `kernel` once per iteration, alternating with one pass of the GEMM roofline of `heads` ×
+/// (n, m, e), so both see the same (shared) machine. The iteration time is the kernel's: register with
+/// UseManualTime(). Counters: tokens/s, GFLOP/s of the useful 4·n·m·e FLOPs per head, roofline_s and
+/// roofline_ratio = best roofline time / best kernel time.
+template <class S, class Kernel>
+void run_against_roofline(benchmark::State& state, index heads, index n, index m, index e, Kernel&& kernel)
+{
+    gemm_roofline<S> roofline(heads, n, m, e);
+    double best = 1e30, best_roofline = 1e30;
+    for (auto _ : state) {
+        const double t = seconds_of(kernel);
+        state.SetIterationTime(t);
+        best = std::min(best, t);
+        best_roofline = std::min(best_roofline, roofline.seconds());
+    }
+    set_counters(state, double(n), 4.0 * double(heads) * double(n) * double(m) * double(e), best_roofline);
+    state.counters["roofline_ratio"] = best_roofline / best;
+}
+
 /// \brief time(big) / time(small) within one benchmark: every iteration runs `small` then `big`, so both see
 /// the same machine; each is the best of its runs (a shared machine only ever adds time). Counters:
 /// small_ms, big_ms and `scaling`.

@@ -16,17 +16,7 @@ void BM_linear(benchmark::State& state)
     opt.mask = Mask;
     opt.threads = static_cast<int>(state.range(1)); // 0: the OpenMP default
     const linear_attention<feature_maps::elu_plus_one, positional::none, float> attn({}, {}, opt);
-    bench::gemm_roofline<float> roofline(heads, n, width, width);
-    double best = 1e30, best_roofline = 1e30;
-    for (auto _ : state) { // kernel and roofline alternate, so both see the same (shared) machine
-        const double t = bench::seconds_of([&] { p.forward(attn); });
-        state.SetIterationTime(t);
-        best = std::min(best, t);
-        best_roofline = std::min(best_roofline, roofline.seconds());
-    }
-    const double flops = 4.0 * heads * n * width * width; // useful FLOPs: Φkᵀ V and Φq S
-    bench::set_counters(state, double(n), flops, best_roofline);
-    state.counters["roofline_ratio"] = best_roofline / best;
+    bench::run_against_roofline<float>(state, heads, n, width, width, [&] { p.forward(attn); });
     state.SetComplexityN(n);
 }
 

@@ -30,17 +30,9 @@ positional::lrpe<float> make_lrpe(variant v)
 template <class Attention>
 void run(benchmark::State& state, const Attention& attn, index n, index m_prime)
 {
-    const auto q = bench::buffer<float>(1, heads, n, width, 0.5f, 1), k = bench::buffer<float>(1, heads, n, width, 0.5f, 2),
-               v = bench::buffer<float>(1, heads, n, width, 1.0f, 3);
-    std::vector<float> out(q.size());
-    for (auto _ : state) {
-        attn.forward(view_bhnd(q.data(), 1, heads, n, width), view_bhnd(k.data(), 1, heads, n, width),
-                     view_bhnd(v.data(), 1, heads, n, width), view_bhnd(out.data(), 1, heads, n, width), /*first_position=*/0);
-        benchmark::DoNotOptimize(out.data());
-        benchmark::ClobberMemory();
-    }
-    const double flops = 4.0 * heads * n * m_prime * width; // Φkᵀ V and Φq S with the encoded width M'
-    bench::set_counters(state, double(n), flops, 0.0);
+    bench::problem<float> p(heads, n, width);
+    // Roofline of the same GEMM shapes with the encoded width M' (Φkᵀ V and Φq S).
+    bench::run_against_roofline<float>(state, heads, n, m_prime, width, [&] { p.forward(attn); });
     state.SetComplexityN(n);
 }
 
@@ -78,7 +70,7 @@ void BM_encode(benchmark::State& state)
 
 #define LRPE_BM(MASK, VAR, NAME)                                                                                        \
     BENCHMARK_TEMPLATE(BM_attention, MASK, VAR)->Name(NAME)->RangeMultiplier(4)->Range(1 << 10, 1 << 16)               \
-        ->Unit(benchmark::kMillisecond)->UseRealTime()
+        ->Unit(benchmark::kMillisecond)->UseManualTime()
 
 LRPE_BM(masking::none, variant::none, "noncausal/none");
 LRPE_BM(masking::none, variant::rotate, "noncausal/rotate");

@@ -21,8 +21,7 @@ void run_attention(benchmark::State& state, const Positional& pe, masking mask)
     options<float> opt;
     opt.mask = mask;
     const linear_attention<feature_maps::elu_plus_one, Positional, float> attn({}, pe, opt);
-    for (auto _ : state) p.forward(attn);
-    bench::set_counters(state, double(n), 4.0 * heads * n * width * width, 0);
+    bench::run_against_roofline<float>(state, heads, n, width, width, [&] { p.forward(attn); });
     state.SetComplexityN(n);
 }
 
@@ -69,8 +68,8 @@ constexpr int automatic = int(positional::conv_algorithm::automatic), direct = i
 } // namespace
 
 // Sizes: N = 1k … 64k for the attention sweeps (args: N, mask, K or W, conv algorithm).
-BENCHMARK(BM_plain)->Name("plain_linear")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14, 1 << 16}, {none, causal}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_sine)->Name("sine_spe")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14, 1 << 16}, {none, causal}, {1, 5, 10}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_conv)->Name("conv_spe")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14, 1 << 16}, {none}, {128}, {automatic}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_plain)->Name("plain_linear")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14, 1 << 16}, {none, causal}})->Unit(benchmark::kMillisecond)->UseManualTime();
+BENCHMARK(BM_sine)->Name("sine_spe")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14, 1 << 16}, {none, causal}, {1, 5, 10}})->Unit(benchmark::kMillisecond)->UseManualTime();
+BENCHMARK(BM_conv)->Name("conv_spe")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14, 1 << 16}, {none}, {128}, {automatic}})->Unit(benchmark::kMillisecond)->UseManualTime();
 BENCHMARK(BM_encode_sine)->Name("encode_sine")->ArgsProduct({{1 << 12}, {1, 5, 10}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_encode_conv)->Name("encode_conv")->ArgsProduct({{1 << 12}, {8, 32, 64, 128, 200, 512, 1024}, {direct, via_fft}})->Unit(benchmark::kMillisecond)->UseRealTime();
