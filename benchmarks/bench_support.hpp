@@ -107,19 +107,27 @@ void run_against_roofline(benchmark::State& state, index heads, index n, index m
     state.counters["roofline_ratio"] = best_roofline / best;
 }
 
-/// \brief time(big) / time(small) within one benchmark: every iteration runs `small` then `big`, so both see
-/// the same machine; each is the best of its runs (a shared machine only ever adds time). Counters:
-/// small_ms, big_ms and `scaling`.
+/// \brief time(big) / time(small) within one benchmark: every iteration runs `small` then `big`, so the two
+/// runs of a pair see the same machine. Counters: `scaling`, the median over iterations of the pair ratio
+/// big_i / small_i (the machine is shared: its speed changes over seconds, which moves both runs of a pair
+/// alike, and the median discards the pairs a burst of load hit on one side only); `scaling_best`, best big
+/// over best small; small_ms and big_ms, the best times.
 template <class Small, class Big>
 void scaling_ratio(benchmark::State& state, Small&& small, Big&& big)
 {
+    std::vector<double> ratios;
     double best_small = 1e30, best_big = 1e30;
     for (auto _ : state) {
-        best_small = std::min(best_small, seconds_of(small));
-        best_big = std::min(best_big, seconds_of(big));
+        const double ts = seconds_of(small), tb = seconds_of(big);
+        best_small = std::min(best_small, ts);
+        best_big = std::min(best_big, tb);
+        ratios.push_back(tb / ts);
     }
+    std::sort(ratios.begin(), ratios.end());
+    const std::size_t k = ratios.size();
     state.counters["small_ms"] = best_small * 1e3;
     state.counters["big_ms"] = best_big * 1e3;
-    state.counters["scaling"] = best_big / best_small;
+    state.counters["scaling_best"] = best_big / best_small;
+    state.counters["scaling"] = k == 0 ? 0.0 : (k % 2 ? ratios[k / 2] : 0.5 * (ratios[k / 2 - 1] + ratios[k / 2]));
 }
 } // namespace bench

@@ -136,6 +136,28 @@ void BM_ratio(benchmark::State& state)
     state.counters["rotate_ratio_total"] = total[1] / total[0];
     state.counters["cosine_ratio_total"] = total[2] / total[0];
 }
+// time(64k) / time(16k), both lengths run in every iteration, median of the pair ratios
+// (bench::scaling_ratio): the scaling target, free of the drift between separate sweep entries.
+template <masking Mask, variant V>
+void BM_scaling(benchmark::State& state)
+{
+    options<float> opt;
+    opt.mask = Mask;
+    opt.norm = normalization::rms;
+    const linear_attention<feature_maps::elu_plus_one, positional::lrpe<float>, float> attn({}, make_lrpe(V), opt);
+    bench::problem<float> small(heads, state.range(0), width), big(heads, state.range(1), width);
+    bench::scaling_ratio(state, [&] { small.forward(attn); }, [&] { big.forward(attn); });
+}
+#define LRPE_SCALING(MASK, VAR, NAME)                                                                                   \
+    BENCHMARK_TEMPLATE(BM_scaling, MASK, VAR)->Name(NAME)->Args({1 << 14, 1 << 16})->Iterations(9)                    \
+        ->Unit(benchmark::kMillisecond)->UseRealTime()
+LRPE_SCALING(masking::none, variant::rotate, "scaling/noncausal/rotate");
+LRPE_SCALING(masking::none, variant::cosine, "scaling/noncausal/cosine");
+LRPE_SCALING(masking::none, variant::permutation, "scaling/noncausal/permutation");
+LRPE_SCALING(masking::causal, variant::rotate, "scaling/causal/rotate");
+LRPE_SCALING(masking::causal, variant::cosine, "scaling/causal/cosine");
+LRPE_SCALING(masking::causal, variant::permutation, "scaling/causal/permutation");
+
 BENCHMARK_TEMPLATE(BM_ratio, masking::none)->Name("ratio/noncausal")->Arg(1 << 14)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_ratio, masking::causal)->Name("ratio/causal")->Arg(1 << 14)->Unit(benchmark::kMillisecond)->UseRealTime();
 

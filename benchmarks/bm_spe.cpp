@@ -62,6 +62,20 @@ void BM_encode_conv(benchmark::State& state)
     run_encode(state, pe);
 }
 
+// time(64k) / time(16k), both lengths run in every iteration, median of the pair ratios
+// (bench::scaling_ratio). Args: N small, N big, mask, then K (sine) or W (conv).
+template <class Positional>
+void run_scaling(benchmark::State& state, const Positional& pe)
+{
+    options<float> opt;
+    opt.mask = masking(state.range(2));
+    const linear_attention<feature_maps::elu_plus_one, Positional, float> attn({}, pe, opt);
+    bench::problem<float> small(heads, state.range(0), width), big(heads, state.range(1), width);
+    bench::scaling_ratio(state, [&] { small.forward(attn); }, [&] { big.forward(attn); });
+}
+void BM_scaling_sine(benchmark::State& state) { run_scaling(state, positional::sine_spe<float>(heads, width, state.range(3), reals, 1, true)); }
+void BM_scaling_conv(benchmark::State& state) { run_scaling(state, positional::conv_spe<float>(heads, width, state.range(3), reals, 1, true)); }
+
 constexpr int none = int(masking::none), causal = int(masking::causal);
 constexpr int automatic = int(positional::conv_algorithm::automatic), direct = int(positional::conv_algorithm::direct),
               via_fft = int(positional::conv_algorithm::fft);
@@ -70,6 +84,9 @@ constexpr int automatic = int(positional::conv_algorithm::automatic), direct = i
 // Sizes: N = 1k … 64k for the attention sweeps (args: N, mask, K or W, conv algorithm).
 BENCHMARK(BM_plain)->Name("plain_linear")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14, 1 << 16}, {none, causal}})->Unit(benchmark::kMillisecond)->UseManualTime();
 BENCHMARK(BM_sine)->Name("sine_spe")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14, 1 << 16}, {none, causal}, {1, 5, 10}})->Unit(benchmark::kMillisecond)->UseManualTime();
-BENCHMARK(BM_conv)->Name("conv_spe")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14, 1 << 16}, {none}, {128}, {automatic}})->Unit(benchmark::kMillisecond)->UseManualTime();
+// convSPE's sweep stops at 16k: its 64k point (about 20 s) is in scaling_conv_spe.
+BENCHMARK(BM_conv)->Name("conv_spe")->ArgsProduct({{1 << 10, 1 << 12, 1 << 14}, {none}, {128}, {automatic}})->Unit(benchmark::kMillisecond)->UseManualTime();
 BENCHMARK(BM_encode_sine)->Name("encode_sine")->ArgsProduct({{1 << 12}, {1, 5, 10}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_encode_conv)->Name("encode_conv")->ArgsProduct({{1 << 12}, {8, 32, 64, 128, 200, 512, 1024}, {direct, via_fft}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_scaling_sine)->Name("scaling_sine_spe")->ArgsProduct({{1 << 14}, {1 << 16}, {none, causal}, {5}})->Iterations(7)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_scaling_conv)->Name("scaling_conv_spe")->ArgsProduct({{1 << 14}, {1 << 16}, {none}, {128}})->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -281,9 +281,13 @@ private:
         } else {
             const auto w = m_pe.template mixing_weights<Scalar>(head, common_factor_cancels());
             const index ex = v.cols() + (m_opt.norm == normalization::sum ? 1 : 0);
-            if (!state && k.rows() > 0 &&
-                detail::toeplitz_resolve<Scalar>(m_opt.toeplitz, w, q.rows(), k.rows(), encoded_dim(q.cols()), ex,
-                                                 k_first - q_first, causal) == toeplitz_algorithm::banded) {
+            // Resolved once here (O(N + Nk) for `automatic`) and passed down forced, so toeplitz_mix does not
+            // evaluate the cost model a second time.
+            const toeplitz_algorithm algo =
+                state || k.rows() == 0 ? m_opt.toeplitz
+                                       : detail::toeplitz_resolve<Scalar>(m_opt.toeplitz, w, q.rows(), k.rows(),
+                                                                          encoded_dim(q.cols()), ex, k_first - q_first, causal);
+            if (!state && k.rows() > 0 && algo == toeplitz_algorithm::banded) {
                 run_banded_segments(q, k, v, out, head, q_first, k_first, w, splits_sequence(call_heads, q.rows()));
                 return;
             }
@@ -297,7 +301,7 @@ private:
             if (with_den) vx.col(e).setOnes();
             matrix num(n, vx.cols()); // (N, Ex)
             if (state) state->mix(w, psi, kappa, vx, num, q_first, m_opt.toeplitz);
-            else detail::toeplitz_mix<Scalar>(w, psi, kappa, vx, num, q_first, k_first, causal, m_opt.toeplitz, m_opt.threads);
+            else detail::toeplitz_mix<Scalar>(w, psi, kappa, vx, num, q_first, k_first, causal, algo, m_opt.threads);
             out = num.leftCols(e);
             vector<Scalar> den = with_den ? vector<Scalar>(num.col(e)) : vector<Scalar>();
             normalize(out, with_den ? &den : nullptr);
@@ -313,8 +317,8 @@ private:
     /// choice depends on the shape only, never on the thread count, so results stay thread-independent.
     static constexpr index sequence_parallel_below = 8;
 
-    // Whether a causal head of n tokens in a call of `call_heads` sequences is split into parallel segments.
-    // Toeplitz mixing (any mask) threads inside a head as well: banded over segments, dense over row blocks.
+    // Whether a head of n tokens in a call of `call_heads` sequences threads inside itself: causal heads and
+    // Toeplitz heads of either mask (banded over segments, dense over row blocks, FFT over value columns).
     bool splits_sequence(index call_heads, index n) const
     {
         return (PositionalEncoding::has_mixing || m_opt.mask == masking::causal) && call_heads < sequence_parallel_below &&
