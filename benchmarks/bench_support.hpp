@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
 #include <vector>
 
 namespace bench {
@@ -111,9 +112,9 @@ void run_against_roofline(benchmark::State& state, index heads, index n, index m
 /// runs of a pair see the same machine. Counters: `scaling`, the median over iterations of the pair ratio
 /// big_i / small_i (the machine is shared: its speed changes over seconds, which moves both runs of a pair
 /// alike, and the median discards the pairs a burst of load hit on one side only); `scaling_best`, best big
-/// over best small; small_ms and big_ms, the best times.
+/// over best small; small_ms and big_ms, the best times. `name` renames `scaling` (and `scaling_best`).
 template <class Small, class Big>
-void scaling_ratio(benchmark::State& state, Small&& small, Big&& big)
+void scaling_ratio(benchmark::State& state, Small&& small, Big&& big, const std::string& name = "scaling")
 {
     std::vector<double> ratios;
     double best_small = 1e30, best_big = 1e30;
@@ -127,7 +128,7 @@ void scaling_ratio(benchmark::State& state, Small&& small, Big&& big)
     const std::size_t k = ratios.size();
     state.counters["small_ms"] = best_small * 1e3;
     state.counters["big_ms"] = best_big * 1e3;
-    state.counters["scaling_best"] = best_big / best_small;
-    state.counters["scaling"] = k == 0 ? 0.0 : (k % 2 ? ratios[k / 2] : 0.5 * (ratios[k / 2 - 1] + ratios[k / 2]));
+    state.counters[name + "_best"] = best_big / best_small;
+    state.counters[name] = k == 0 ? 0.0 : (k % 2 ? ratios[k / 2] : 0.5 * (ratios[k / 2 - 1] + ratios[k / 2]));
 }
 } // namespace bench

@@ -31,6 +31,20 @@ void BM_scaling(benchmark::State& state)
     bench::scaling_ratio(state, [&] { small.forward(attn); }, [&] { big.forward(attn); });
 }
 
+// The threading target: time on 1 thread over time on the OpenMP default (2 here), the two runs alternating
+// (bench::scaling_ratio: `speedup` is the median of the pair ratios). Both use the same partition, so the
+// outputs are bit-identical (tests/test_core.cpp).
+template <masking Mask>
+void BM_threads_speedup(benchmark::State& state)
+{
+    options<float> all, one;
+    all.mask = one.mask = Mask;
+    one.threads = 1;
+    const linear_attention<feature_maps::elu_plus_one, positional::none, float> parallel({}, {}, all), serial({}, {}, one);
+    bench::problem<float> p(heads, state.range(0), width);
+    bench::scaling_ratio(state, [&] { p.forward(parallel); }, [&] { p.forward(serial); }, "speedup");
+}
+
 // Baseline: the per-token rank-1 recurrence S += φ(k) vᵀ, out = φ(q) S / φ(q) z (fast-transformers' CPU kernel).
 void BM_naive_causal_rank1(benchmark::State& state)
 {
@@ -85,3 +99,5 @@ BENCHMARK_TEMPLATE(BM_linear, masking::causal)->Name("linear_causal")->Apply(len
 BENCHMARK(BM_naive_causal_rank1)->Name("naive_causal_rank1")->RangeMultiplier(4)->Range(1 << 10, 1 << 14)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_scaling, masking::none)->Name("scaling_noncausal")->Args({1 << 14, 1 << 16})->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_scaling, masking::causal)->Name("scaling_causal")->Args({1 << 14, 1 << 16})->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_threads_speedup, masking::none)->Name("threads_speedup_noncausal")->Arg(1 << 14)->Iterations(15)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_threads_speedup, masking::causal)->Name("threads_speedup_causal")->Arg(1 << 14)->Iterations(15)->Unit(benchmark::kMillisecond)->UseRealTime();
