@@ -317,8 +317,9 @@ private:
     /// choice depends on the shape only, never on the thread count, so results stay thread-independent.
     static constexpr index sequence_parallel_below = 8;
 
-    // Whether a head of n tokens in a call of `call_heads` sequences threads inside itself: causal heads and
-    // Toeplitz heads of either mask (banded over segments, dense over row blocks, FFT over value columns).
+    // Whether each head of n tokens in a call of `call_heads` sequences takes the threads itself, so that the
+    // loop over heads runs serially: causal heads then run their segments in parallel, and Toeplitz heads of
+    // either mask too (banded by segments; the dense and FFT mixers thread inside any head).
     bool splits_sequence(index call_heads, index n) const
     {
         return (PositionalEncoding::has_mixing || m_opt.mask == masking::causal) && call_heads < sequence_parallel_below &&
