@@ -158,20 +158,16 @@ def headline(runs):
         add("decoder step after 64k tokens / after 1k (median of paired runs)", f"{r:.2f} ({step['tokens_per_s']:.3g} tokens/s, B·H = 8)",
             "<= 1.2", r <= 1.2, "bm_decoder")
     # Every scaling_* benchmark runs both lengths in each iteration; `scaling` is the median pair ratio.
-    for binary, name, what, limit in (
+    lrpe = [("bm_lrpe", f"scaling/{mask}/{kind}/16384/65536", f"LRPE {kind} {label}", 4.4)
+            for kind in ("rotate", "cosine", "permutation") for mask, label in (("noncausal", "non-causal"), ("causal", "causal"))]
+    for binary, name, what, limit in [
             ("bm_core", "scaling_noncausal/16384/65536", "linear non-causal", 4.4),
-            ("bm_core", "scaling_causal/16384/65536", "linear causal", 4.4),
-            ("bm_lrpe", "scaling/noncausal/rotate/16384/65536", "LRPE rotate non-causal", 4.4),
-            ("bm_lrpe", "scaling/causal/rotate/16384/65536", "LRPE rotate causal", 4.4),
-            ("bm_lrpe", "scaling/noncausal/cosine/16384/65536", "LRPE cosine non-causal", 4.4),
-            ("bm_lrpe", "scaling/causal/cosine/16384/65536", "LRPE cosine causal", 4.4),
-            ("bm_lrpe", "scaling/noncausal/permutation/16384/65536", "LRPE permutation non-causal", 4.4),
-            ("bm_lrpe", "scaling/causal/permutation/16384/65536", "LRPE permutation causal", 4.4),
+            ("bm_core", "scaling_causal/16384/65536", "linear causal", 4.4)] + lrpe + [
             ("bm_spe", "scaling_sine_spe/16384/65536/0/5", "sineSPE K=5 non-causal", 4.4),
             ("bm_spe", "scaling_sine_spe/16384/65536/1/5", "sineSPE K=5 causal", 4.4),
             ("bm_spe", "scaling_conv_spe/16384/65536/0/128", "convSPE W=128 non-causal", 4.4),
             ("bm_toeplitz", "scaling_banded/3/128", "Toeplitz banded (T_max = 128, 1 head)", 4.4),
-            ("bm_toeplitz", "scaling_fft/2/0", "Toeplitz FFT (T_max = N, 1 head)", 5.0)):
+            ("bm_toeplitz", "scaling_fft/2/0", "Toeplitz FFT (T_max = N, 1 head)", 5.0)]:
         b = find(runs, binary, name)
         if b:
             r = b["scaling"]
