@@ -2,9 +2,13 @@
 /// \file
 /// \brief linear_attention: the one core that every positional-encoding family plugs into.
 
-#include "detail/linear_mixer.hpp"
+#include "detail/causal_mixer.hpp"
+#include "detail/mixer_setup.hpp"
+#include "detail/noncausal_mixer.hpp"
+#include "detail/normalize.hpp"
 #include "detail/parallel.hpp"
 #include "detail/toeplitz_mixer.hpp"
+#include "detail/toeplitz_segments.hpp"
 #include "detail/toeplitz_stream.hpp"
 #include "detail/traits.hpp"
 #include "errors.hpp"
@@ -276,8 +280,12 @@ private:
         if (q.rows() == 0) return;
         const bool causal = m_opt.mask == masking::causal;
         if constexpr (!PositionalEncoding::has_mixing) {
-            if (causal) run_causal_blocked(q, k, v, out, head, q_first, state, splits_sequence(call_heads, q.rows()));
-            else run_noncausal_blocked(q, k, v, out, head, q_first, k_first);
+            if (causal)
+                detail::causal_forward<Scalar>(q, k, v, out, q_first, state, splits_sequence(call_heads, q.rows()),
+                                               setup(q.cols()), encoder(head), normalizer());
+            else
+                detail::noncausal_forward<Scalar>(q, k, v, out, q_first, k_first, setup(q.cols()), encoder(head),
+                                                  normalizer());
         } else {
             const auto w = m_pe.template mixing_weights<Scalar>(head, common_factor_cancels());
             const index ex = v.cols() + (m_opt.norm == normalization::sum ? 1 : 0);
@@ -288,7 +296,9 @@ private:
                                        : detail::toeplitz_resolve<Scalar>(m_opt.toeplitz, w, q.rows(), k.rows(),
                                                                           encoded_dim(q.cols()), ex, k_first - q_first, causal);
             if (!state && k.rows() > 0 && algo == toeplitz_algorithm::banded) {
-                run_banded_segments(q, k, v, out, head, q_first, k_first, w, splits_sequence(call_heads, q.rows()));
+                detail::toeplitz_segments_forward<Scalar>(q, k, v, out, q_first, k_first, w, causal,
+                                                          splits_sequence(call_heads, q.rows()), setup(q.cols()),
+                                                          encoder(head), normalizer());
                 return;
             }
             const index n = q.rows(), nk = k.rows(), e = v.cols();
@@ -308,10 +318,6 @@ private:
         }
     }
 
-    /// Rows per block of the fused kernels: the block's features stay in cache between the feature map and
-    /// the GEMMs (512 × M' floats = 128 KiB for M' = 64). Fixed, so that the summation order (and so the
-    /// result) never depends on the thread count.
-    static constexpr index fused_block = 512;
     /// Calls with fewer than this many (batch, head) sequences split a causal or Toeplitz head longer than
     /// options::segment_rows into segments that run in parallel; otherwise threads take whole heads. The
     /// choice depends on the shape only, never on the thread count, so results stay thread-independent.
@@ -328,185 +334,29 @@ private:
     // Threads for the loop over a call's sequences: one when the segments of each sequence take them instead.
     int head_threads(index call_heads, index n) const { return splits_sequence(call_heads, n) ? 1 : m_opt.threads; }
 
-    // Non-causal without sequence-mixing weights, fused by row blocks: κ_b = encode(K_b) feeds
-    // [S | z] += [κ_bᵀ V_b | κ_bᵀ 1] while in cache, then ψ_b = encode(Q_b) gives out_b = ψ_b S / (ψ_b z + eps).
-    // Features are never materialized for the whole sequence: the traffic is one read of Q, K, V and one
-    // write of out, as for the two GEMMs alone. Key blocks, then query blocks, run in parallel.
-    void run_noncausal_blocked(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head,
-                               index q_first, index k_first) const
+    // What a mixer needs to know about a head call of input width d.
+    detail::mixer_setup setup(index d) const
     {
-        const index n = q.rows(), nk = k.rows(), e = v.cols();
-        const bool with_den = m_opt.norm == normalization::sum;
-        const index m = encoded_dim(q.cols());
-        const index kblocks = std::max<index>(1, (nk + fused_block - 1) / fused_block);
-        std::vector<detail::causal_state<Scalar>> partial(static_cast<std::size_t>(kblocks));
-        detail::parallel_for(kblocks, m_opt.threads, [&](index b) {
-            const index r0 = b * fused_block, rows = std::min(fused_block, nk - r0);
-            const matrix kappa = encode(k.middleRows(r0, rows), role::key, head, k_first + r0); // (rows, M')
-            partial[b].reset(m, e, with_den);
-            partial[b].add(kappa, v.middleRows(r0, rows));
-        });
-        detail::causal_state<Scalar> state; // S (M', E), z (M')
-        state.reset(m, e, with_den);
-        for (const auto& p : partial) state += p;
-        const index qblocks = (n + fused_block - 1) / fused_block;
-        detail::parallel_for(qblocks, m_opt.threads, [&](index b) {
-            const index r0 = b * fused_block, rows = std::min(fused_block, n - r0);
-            const matrix psi = encode(q.middleRows(r0, rows), role::query, head, q_first + r0); // (rows, M')
-            ref o = out.middleRows(r0, rows);
-            o.noalias() = psi * state.s; // (rows, E)
-            vector<Scalar> den;
-            if (with_den) den.noalias() = psi * state.z;
-            normalize(o, with_den ? &den : nullptr);
-        });
+        detail::mixer_setup st;
+        st.m = encoded_dim(d);
+        st.with_den = m_opt.norm == normalization::sum;
+        st.threads = m_opt.threads;
+        st.chunk = m_opt.chunk_size;
+        st.segment_rows = m_opt.segment_rows;
+        return st;
     }
-
-    // Causal without sequence-mixing weights: the chunk recurrence of detail::causal_chunks over blocks of
-    // `fused_block` rows, each encoded just before use so that ψ, κ, V and the state stay in cache.
-    // With `split` the sequence is cut into segments of about options::segment_rows rows (whole blocks):
-    //   1. (parallel) Δ_s = Σ_{j in s} κ_j [v_j, 1]ᵀ for every segment but the last
-    //   2. (in order) S_s = S_{s−1} + Δ_{s−1}, starting from the decoder's state (or zero)
-    //   3. (parallel) the recurrence over each segment from S_s
-    // which costs 2·M'·E more flops per token of the first segments, plus encoding their keys again: storing κ
-    // instead would cost O(N·M') memory. Without `split` (threads busy with other heads) the recurrence runs
-    // once over the whole sequence. Extra memory: O(block·(M' + E) + segments·M'·E) either way.
-    void run_causal_blocked(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index first,
-                            causal_stream* carried, bool split) const
+    // encode() bound to one head, for the mixers.
+    auto encoder(index head) const
     {
-        const index n = q.rows(), e = v.cols(), chunk = m_opt.chunk_size;
-        const bool with_den = m_opt.norm == normalization::sum;
-        const index m = encoded_dim(q.cols());
-        const index block = std::max<index>(1, std::min(fused_block, m_opt.segment_rows) / chunk) * chunk;
-        const index segment = split ? std::max<index>(1, m_opt.segment_rows / block) * block : n;
-        const index segments = (n + segment - 1) / segment;
-        std::vector<detail::causal_state<Scalar>> start(static_cast<std::size_t>(segments));
-        detail::parallel_for(segments - 1, m_opt.threads, [&](index s) {
-            start[s].reset(m, e, with_den);
-            for (index r0 = s * segment; r0 < (s + 1) * segment; r0 += block) {
-                const matrix kappa = encode(k.middleRows(r0, block), role::key, head, first + r0); // (block, M')
-                start[s].add(kappa, v.middleRows(r0, block));
-            }
-        });
-        detail::causal_state<Scalar> running;
-        if (carried && !carried->empty()) running = *carried;
-        else running.reset(m, e, with_den);
-        for (index s = 0; s + 1 < segments; ++s) {
-            start[s].s.swap(running.s); // start[s] = S_s (tokens before segment s); running = Δ_s
-            start[s].z.swap(running.z);
-            running += start[s];
-        }
-        start.back() = std::move(running);
-        detail::parallel_for(segments, m_opt.threads, [&](index s) {
-            const index s0 = s * segment, srows = std::min(segment, n - s0);
-            detail::causal_state<Scalar>& state = start[s];
-            matrix scores;
-            vector<Scalar> den;
-            for (index b0 = 0; b0 < srows; b0 += block) {
-                const index r0 = s0 + b0, rows = std::min(block, srows - b0);
-                const matrix psi = encode(q.middleRows(r0, rows), role::query, head, first + r0);   // (rows, M')
-                const matrix kappa = encode(k.middleRows(r0, rows), role::key, head, first + r0); // (rows, M')
-                ref o = out.middleRows(r0, rows);
-                if (with_den) den.resize(rows);
-                detail::causal_chunks<Scalar>(psi, kappa, v.middleRows(r0, rows), o, with_den ? &den : nullptr, state,
-                                              chunk, scores);
-                normalize(o, with_den ? &den : nullptr);
-            }
-        });
-        if (carried) *carried = std::move(start.back());
+        return [this, head](const const_ref& x, role which, index first) { return encode(x, which, head, first); };
     }
-
-    // Toeplitz mixing by the banded algorithm, fused by segments of options::segment_rows query rows so that the
-    // features of a segment and of its key window stay in cache (and are never materialized for the whole
-    // sequence). Segment s covers rows [s0, s1) and the key window [A_s, B_s), the union of its blocks'
-    // rectangles (detail::banded_rectangle); the far keys enter as the states
-    //     behind_s = Σ_{j < A_s} κ_j vx_jᵀ,   ahead_s = Σ_{j >= B_s} κ_j vx_jᵀ (non-causal only)
-    // built from increments over [A_{s−1}, A_s) and [B_s, B_{s+1}). With `parallel` the segments run in
-    // parallel (each increment re-encodes its keys); otherwise in order, behind_s carried from the previous
-    // window. Either choice depends on the shape only. Extra memory O(segment·(M' + Ex) + segments·M'·Ex).
-    void run_banded_segments(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head,
-                             index q_first, index k_first, const detail::relative_weights<Scalar>& w, bool parallel) const
+    auto normalizer() const
     {
-        const index n = q.rows(), nk = k.rows(), e = v.cols(), delta = k_first - q_first;
-        const bool causal = m_opt.mask == masking::causal, with_den = m_opt.norm == normalization::sum;
-        const index m = encoded_dim(q.cols()), ex = e + (with_den ? 1 : 0);
-        const index rb = detail::banded_block(w.t_max);
-        const index segment = std::max<index>(1, m_opt.segment_rows / rb) * rb;
-        const index segments = (n + segment - 1) / segment;
-        parallel = parallel && segments > 1;
-        std::vector<index> a(static_cast<std::size_t>(segments + 1)), b(a.size());
-        for (index s = 0; s < segments; ++s) {
-            const index last = std::min(n, (s + 1) * segment) - 1, last0 = last / rb * rb;
-            a[s] = detail::banded_rectangle(s * segment, rb, delta, w.t_max, nk, causal).first;
-            b[s] = detail::banded_rectangle(last0, last - last0 + 1, delta, w.t_max, nk, causal).second;
-        }
-        b[segments] = nk;
-        // [vx] rows of V with the ones column of the denominator: (rows, Ex)
-        const auto values = [&](index j0, index rows) {
-            matrix vx(rows, ex);
-            vx.leftCols(e) = v.middleRows(j0, rows);
-            if (with_den) vx.col(e).setOnes();
-            return vx;
-        };
-        // Σ κ_j vx_jᵀ over keys [j0, j1), encoded in blocks of fused_block rows: (M', Ex)
-        const auto key_state = [&](index j0, index j1) {
-            matrix st = matrix::Zero(m, ex);
-            for (index r0 = j0; r0 < j1; r0 += fused_block) {
-                const index rows = std::min(fused_block, j1 - r0);
-                const matrix kappa = encode(k.middleRows(r0, rows), role::key, head, k_first + r0); // (rows, M')
-                st.noalias() += kappa.transpose() * values(r0, rows);
-            }
-            return st;
-        };
-        std::vector<matrix> behind(static_cast<std::size_t>(segments)), ahead(behind.size());
-        if (parallel) {
-            detail::parallel_for(segments, m_opt.threads, [&](index s) { behind[s] = key_state(s ? a[s - 1] : 0, a[s]); });
-            for (index s = 1; s < segments; ++s) behind[s] += behind[s - 1];
-        } else {
-            behind[0] = key_state(0, a[0]);
-        }
-        if (!causal) {
-            detail::parallel_for(segments, m_opt.threads, [&](index s) { ahead[s] = key_state(b[s], b[s + 1]); });
-            for (index s = segments - 1; s-- > 0;) ahead[s] += ahead[s + 1];
-        }
-        const auto run_segment = [&](index s) {
-            const index s0 = s * segment, rows = std::min(segment, n - s0), keys = b[s] - a[s];
-            const matrix psi = encode(q.middleRows(s0, rows), role::query, head, q_first + s0);   // (rows, M')
-            const matrix kappa = encode(k.middleRows(a[s], keys), role::key, head, k_first + a[s]); // (keys, M')
-            const matrix vx = values(a[s], keys);                                                 // (keys, Ex)
-            matrix num(rows, ex);
-            detail::toeplitz_mix_banded<Scalar>(w, psi, kappa, vx, num, q_first + s0, k_first + a[s], causal, rb, &behind[s],
-                                                causal ? nullptr : &ahead[s]);
-            if (!parallel && s + 1 < segments) { // behind_{s+1} = behind_s + the keys [A_s, A_{s+1}) of this window
-                behind[s + 1] = behind[s];
-                behind[s + 1].noalias() += kappa.topRows(a[s + 1] - a[s]).transpose() * vx.topRows(a[s + 1] - a[s]);
-            }
-            ref o = out.middleRows(s0, rows);
-            o = num.leftCols(e);
-            vector<Scalar> den = with_den ? vector<Scalar>(num.col(e)) : vector<Scalar>();
-            normalize(o, with_den ? &den : nullptr);
-        };
-        if (parallel) detail::parallel_for(segments, m_opt.threads, run_segment);
-        else
-            for (index s = 0; s < segments; ++s) run_segment(s);
+        return [this](ref o, const vector<Scalar>* den) { normalize(o, den); };
     }
 
     // out holds the numerator; divides by den + eps (sum) or by the row RMS (rms) in place.
-    void normalize(ref out, const vector<Scalar>* den) const
-    {
-        switch (m_opt.norm) {
-        case normalization::sum:
-            out.array().colwise() /= (den->array() + m_opt.eps);
-            break;
-        case normalization::none:
-            break;
-        case normalization::rms: {
-            const vector<Scalar> scale =
-                (out.rowwise().squaredNorm().array() / static_cast<Scalar>(std::max<index>(out.cols(), 1)) + m_opt.eps).rsqrt();
-            out.array().colwise() *= scale.array();
-            break;
-        }
-        }
-    }
+    void normalize(ref out, const vector<Scalar>* den) const { detail::normalize_rows<Scalar>(out, den, m_opt.norm, m_opt.eps); }
 
     FeatureMap m_map;
     PositionalEncoding m_pe;
