@@ -15,6 +15,7 @@
 #include "positional/none.hpp"
 #include "types.hpp"
 #include "views.hpp"
+#include "workspace.hpp"
 
 #include <Eigen/Core>
 
@@ -113,10 +114,18 @@ public:
     void forward(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index q_first,
                  index k_first) const
     {
+        typename detail::workspace_pool<Scalar>::lease lease(m_pool);
+        forward(q, k, v, out, head, q_first, k_first, lease.get());
+    }
+    /// The same with the caller's workspace (one call at a time per workspace; see linrpe::workspace).
+    void forward(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index q_first,
+                 index k_first, workspace<Scalar>& ws) const
+    {
         validate_head(q.rows(), q.cols(), k.rows(), k.cols(), v.rows(), v.cols(), head, q_first, k_first);
         if (out.rows() != q.rows() || out.cols() != v.cols())
             detail::fail("out shape", detail::shape(q.rows(), v.cols()), detail::shape(out.rows(), out.cols()));
-        run_head(q, k, v, out, head, q_first, k_first, nullptr, 1);
+        ws.prepare(call_slots(m_opt.threads));
+        run_head(q, k, v, out, head, q_first, k_first, nullptr, 1, &ws);
     }
 
     /// \brief Batched: q (B, H, N, D), k (B, H, Nk, D), v (B, H, Nk, E), out (B, H, N, E) as strided views
@@ -124,14 +133,27 @@ public:
     void forward(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
                  tensor_view<Scalar> out, index first_position = 0) const
     {
+        typename detail::workspace_pool<Scalar>::lease lease(m_pool);
+        forward(q, k, v, out, first_position, lease.get());
+    }
+    /// The same with the caller's workspace (one call at a time per workspace; see linrpe::workspace).
+    void forward(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
+                 tensor_view<Scalar> out, index first_position, workspace<Scalar>& ws) const
+    {
         validate_batch(q, k, v, out, first_position);
         const index heads = q.heads();
+        ws.prepare(call_slots(m_opt.threads));
         detail::parallel_for(q.batch() * heads, head_threads(q.batch() * heads, q.tokens()), [&](index bh) {
             const index b = bh / heads, h = bh % heads;
             run_head(q.slice(b, h), k.slice(b, h), v.slice(b, h), out.slice(b, h), h, first_position, first_position,
-                     nullptr, q.batch() * heads);
+                     nullptr, q.batch() * heads, &ws);
         });
     }
+
+    /// Bytes of scratch the attention keeps between calls that pass no workspace (its own workspace).
+    std::size_t workspace_bytes() const { return m_pool.own().capacity_bytes(); }
+    /// Frees the attention's own workspace; call it while no call on this object runs.
+    void release_workspace() { m_pool.own().release(); }
 
     /// \brief ψ (role::query) or κ (role::key) of the rows `x` at positions first_position.. for `head`,
     /// exactly as forward() computes them for a whole sequence: the input of the exact references.
@@ -272,20 +294,58 @@ private:
         }
     }
 
+    // encode() into `out` (n, M'), with the intermediate stages in the arena.
+    void encode_into(const const_ref& x, role which, index head, index first, ref out, detail::arena<Scalar>& a) const
+    {
+        const feature_context ctx = context(which, head);
+        const index n = x.rows();
+        const index r = feature_input_dim(x.cols());
+        detail::scratch_scope<Scalar> tmp(a);
+        const auto features = [&](ref phi) {
+            if constexpr (PositionalEncoding::has_pre_feature) {
+                auto u = tmp.matrix(n, r); // (n, R)
+                m_pe.encode_pre(x, ref(u), first, head, which);
+                m_map.apply(const_ref(u), phi, ctx);
+            } else {
+                m_map.apply(x, phi, ctx);
+            }
+        };
+        if constexpr (PositionalEncoding::has_post_feature) {
+            auto phi = tmp.matrix(n, m_map.output_dim(r)); // (n, M)
+            features(ref(phi));
+            m_pe.encode_post(const_ref(phi), out, first, head, which);
+        } else {
+            features(out);
+        }
+    }
+
+    // Arenas a call needs: one per thread of its team, and the caller's own slot when it already runs in
+    // an OpenMP team of its own.
+    static int call_slots(int threads)
+    {
+        return static_cast<int>(std::max<index>(detail::thread_slot() + 1, detail::concurrent_items(1 << 20, threads)));
+    }
+
     // Validated inputs → out. With `state` (decoder), causal mixing continues from and updates it.
     // `call_heads` is the number of (batch, head) sequences of the call (it selects the causal threading).
+    // Scratch comes from `ws` (prepared for the call's team), or from a temporary workspace without one.
     void run_head(const const_ref& q, const const_ref& k, const const_ref& v, ref out, index head, index q_first,
-                  index k_first, stream_state* state, index call_heads) const
+                  index k_first, stream_state* state, index call_heads, workspace<Scalar>* ws = nullptr) const
     {
         if (q.rows() == 0) return;
+        workspace<Scalar> temporary;
+        if (!ws) {
+            temporary.prepare(call_slots(m_opt.threads));
+            ws = &temporary;
+        }
         const bool causal = m_opt.mask == masking::causal;
         if constexpr (!PositionalEncoding::has_mixing) {
             if (causal)
                 detail::causal_forward<Scalar>(q, k, v, out, q_first, state, splits_sequence(call_heads, q.rows()),
-                                               setup(q.cols()), encoder(head), normalizer());
+                                               setup(q.cols()), *ws, encoder_into(head), normalizer());
             else
-                detail::noncausal_forward<Scalar>(q, k, v, out, q_first, k_first, setup(q.cols()), encoder(head),
-                                                  normalizer());
+                detail::noncausal_forward<Scalar>(q, k, v, out, q_first, k_first, setup(q.cols()), *ws,
+                                                  encoder_into(head), normalizer());
         } else {
             const auto w = m_pe.template mixing_weights<Scalar>(head, common_factor_cancels());
             const index ex = v.cols() + (m_opt.norm == normalization::sum ? 1 : 0);
@@ -350,6 +410,13 @@ private:
     {
         return [this, head](const const_ref& x, role which, index first) { return encode(x, which, head, first); };
     }
+    // encode_into() bound to one head, for the mixers that take their scratch from a workspace.
+    auto encoder_into(index head) const
+    {
+        return [this, head](const const_ref& x, role which, index first, ref out, detail::arena<Scalar>& a) {
+            encode_into(x, which, head, first, out, a);
+        };
+    }
     auto normalizer() const
     {
         return [this](ref o, const vector<Scalar>* den) { normalize(o, den); };
@@ -361,6 +428,7 @@ private:
     FeatureMap m_map;
     PositionalEncoding m_pe;
     options_type m_opt;
+    mutable detail::workspace_pool<Scalar> m_pool;
 };
 
 } // namespace linrpe

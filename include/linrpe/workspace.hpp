@@ -6,6 +6,8 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <memory>
 #include <vector>
@@ -160,4 +162,53 @@ private:
     std::vector<std::unique_ptr<detail::arena<Scalar>>> m_arenas;
 };
 
+} // namespace linrpe
+
+namespace linrpe {
+namespace detail {
+
+/// \brief The workspace an object keeps for calls that pass none: one call at a time uses it, a call that
+/// finds it busy (a concurrent call on the same object) gets a temporary one, so concurrent calls stay
+/// correct. Copies (and moves) start with a fresh, empty workspace.
+template <class S>
+class workspace_pool {
+public:
+    workspace_pool() : m_own(std::make_unique<workspace<S>>()), m_busy(std::make_unique<std::atomic<bool>>(false)) {}
+    workspace_pool(const workspace_pool&) : workspace_pool() {}
+    workspace_pool& operator=(const workspace_pool&) { return *this; }
+
+    class lease {
+    public:
+        explicit lease(workspace_pool& pool) : m_pool(pool)
+        {
+            if (!pool.m_busy->exchange(true, std::memory_order_acquire)) m_ws = pool.m_own.get();
+            else {
+                m_temporary = std::make_unique<workspace<S>>();
+                m_ws = m_temporary.get();
+            }
+        }
+        ~lease()
+        {
+            if (!m_temporary) m_pool.m_busy->store(false, std::memory_order_release);
+        }
+        lease(const lease&) = delete;
+        lease& operator=(const lease&) = delete;
+        workspace<S>& get() { return *m_ws; }
+
+    private:
+        workspace_pool& m_pool;
+        std::unique_ptr<workspace<S>> m_temporary;
+        workspace<S>* m_ws = nullptr;
+    };
+
+    /// The object's own workspace (release it only while no call runs).
+    workspace<S>& own() { return *m_own; }
+    const workspace<S>& own() const { return *m_own; }
+
+private:
+    std::unique_ptr<workspace<S>> m_own;
+    std::unique_ptr<std::atomic<bool>> m_busy;
+};
+
+} // namespace detail
 } // namespace linrpe

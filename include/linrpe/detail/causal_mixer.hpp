@@ -15,6 +15,7 @@
 #include "../types.hpp"
 #include "mixer_setup.hpp"
 #include "parallel.hpp"
+#include "../workspace.hpp"
 
 #include <Eigen/Core>
 
@@ -93,11 +94,12 @@ void causal_chunks(const Psi& psi, const Kappa& kappa, const Values& v, Num&& nu
 /// instead would cost O(N·M') memory. Without `split` (threads busy with other heads) the recurrence runs
 /// once over the whole sequence. Extra memory: O(block·(M' + E) + segments·M'·E) either way. When `carried`
 /// is given it holds the state after the call on return.
-template <class S, class Encode, class Normalize>
+/// Features of a block live in the arena of the thread that runs it (`ws`, see noncausal_forward).
+template <class S, class EncodeInto, class Normalize>
 void causal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<const row_matrix<S>>& k,
                     const Eigen::Ref<const row_matrix<S>>& v, Eigen::Ref<row_matrix<S>> out, index first,
-                    causal_state<S>* carried, bool split, const mixer_setup& setup, const Encode& encode,
-                    const Normalize& normalize)
+                    causal_state<S>* carried, bool split, const mixer_setup& setup, workspace<S>& ws,
+                    const EncodeInto& encode, const Normalize& normalize)
 {
     const index n = q.rows(), e = v.cols(), chunk = setup.chunk, m = setup.m;
     const bool with_den = setup.with_den;
@@ -107,8 +109,10 @@ void causal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<c
     std::vector<causal_state<S>> start(static_cast<std::size_t>(segments));
     parallel_for(segments - 1, setup.threads, [&](index s) {
         start[s].reset(m, e, with_den);
+        scratch_scope<S> tmp(ws.local());
+        auto kappa = tmp.matrix(block, m); // (block, M')
         for (index r0 = s * segment; r0 < (s + 1) * segment; r0 += block) {
-            const row_matrix<S> kappa = encode(k.middleRows(r0, block), role::key, first + r0); // (block, M')
+            encode(k.middleRows(r0, block), role::key, first + r0, kappa, tmp.source());
             start[s].add(kappa, v.middleRows(r0, block));
         }
     });
@@ -126,10 +130,15 @@ void causal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<c
         causal_state<S>& state = start[s];
         row_matrix<S> scores;
         vector<S> den;
+        scratch_scope<S> tmp(ws.local());
+        auto psi_block = tmp.matrix(block, m);   // (block, M')
+        auto kappa_block = tmp.matrix(block, m); // (block, M')
         for (index b0 = 0; b0 < srows; b0 += block) {
             const index r0 = s0 + b0, rows = std::min(block, srows - b0);
-            const row_matrix<S> psi = encode(q.middleRows(r0, rows), role::query, first + r0);   // (rows, M')
-            const row_matrix<S> kappa = encode(k.middleRows(r0, rows), role::key, first + r0); // (rows, M')
+            auto psi = psi_block.topRows(rows);
+            auto kappa = kappa_block.topRows(rows);
+            encode(q.middleRows(r0, rows), role::query, first + r0, psi, tmp.source());
+            encode(k.middleRows(r0, rows), role::key, first + r0, kappa, tmp.source());
             Eigen::Ref<row_matrix<S>> o = out.middleRows(r0, rows);
             if (with_den) den.resize(rows);
             causal_chunks<S>(psi, kappa, v.middleRows(r0, rows), o, with_den ? &den : nullptr, state, chunk, scores);
