@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,50 @@ private:
     std::vector<row_matrix<S>> m_a, m_b, m_c, m_s;
 };
 
+/// \brief The machine's FMA peak in FLOP/s for Scalar S on `threads` threads (0: the OpenMP default), measured
+/// now: every thread runs 12 independent chains of Eigen's widest packet FMA (pmadd, what Eigen's GEMM kernel
+/// issues), long enough (~2e8 FLOPs per thread) to ramp the clock; the best of `repeats` runs. 2·packet FLOPs
+/// per pmadd. A kernel's share of it is its useful FLOPs over time, over this.
+template <class S>
+double fma_peak_flops(int threads = 0, int repeats = 3)
+{
+    using packet = typename Eigen::internal::packet_traits<S>::type;
+    constexpr int width = Eigen::internal::unpacket_traits<packet>::size, chains = 12;
+    const long steps = 200000000L / (2L * width * chains);
+    const int team = static_cast<int>(detail::concurrent_items(1 << 20, threads));
+    double best = 1e30;
+    for (int r = 0; r < repeats; ++r) {
+        std::vector<S> sink(static_cast<std::size_t>(team), S(0));
+        const double t = seconds_of([&] {
+            detail::parallel_for(team, threads, [&](index i) {
+                const packet a = Eigen::internal::pset1<packet>(S(0.999999)), b = Eigen::internal::pset1<packet>(S(1e-7));
+                packet acc[chains];
+                for (int c = 0; c < chains; ++c) acc[c] = Eigen::internal::pset1<packet>(S(c));
+                for (long s = 0; s < steps; ++s) {
+#pragma GCC unroll 12
+                    for (int c = 0; c < chains; ++c) acc[c] = Eigen::internal::pmadd(acc[c], a, b);
+                }
+                packet total = acc[0];
+                for (int c = 1; c < chains; ++c) total = Eigen::internal::padd(total, acc[c]);
+                sink[static_cast<std::size_t>(i)] = Eigen::internal::predux(total);
+            });
+        });
+        benchmark::DoNotOptimize(sink.data());
+        best = std::min(best, t);
+    }
+    return 2.0 * width * chains * double(steps) * team / best;
+}
+
+/// fma_peak_flops<S>(threads), measured on first use in this process.
+template <class S>
+double cached_fma_peak(int threads)
+{
+    static std::map<int, double> peaks;
+    auto it = peaks.find(threads);
+    if (it == peaks.end()) it = peaks.emplace(threads, fma_peak_flops<S>(threads)).first;
+    return it->second;
+}
+
 /// Sets tokens/s, GFLOP/s (of `flops` per iteration) and the ratio to the roofline measured now.
 inline void set_counters(benchmark::State& state, double tokens, double flops, double roofline_seconds)
 {
@@ -93,8 +138,10 @@ inline void set_counters(benchmark::State& state, double tokens, double flops, d
 /// (n, m, e), so both see the same (shared) machine. The iteration time is the kernel's: register with
 /// UseManualTime(). Counters: tokens/s, GFLOP/s of the useful 4·n·m·e FLOPs per head, roofline_s and
 /// roofline_ratio = best roofline time / best kernel time.
+/// Also `fma_peak_ratio`: useful FLOP/s of the best kernel time over the FMA peak of `threads` threads
+/// (fma_peak_flops, measured once per process and thread count).
 template <class S, class Kernel>
-void run_against_roofline(benchmark::State& state, index heads, index n, index m, index e, Kernel&& kernel)
+void run_against_roofline(benchmark::State& state, index heads, index n, index m, index e, Kernel&& kernel, int threads = 0)
 {
     gemm_roofline<S> roofline(heads, n, m, e);
     double best = 1e30, best_roofline = 1e30;
@@ -104,8 +151,10 @@ void run_against_roofline(benchmark::State& state, index heads, index n, index m
         best = std::min(best, t);
         best_roofline = std::min(best_roofline, roofline.seconds());
     }
-    set_counters(state, double(n), 4.0 * double(heads) * double(n) * double(m) * double(e), best_roofline);
+    const double flops = 4.0 * double(heads) * double(n) * double(m) * double(e);
+    set_counters(state, double(n), flops, best_roofline);
     state.counters["roofline_ratio"] = best_roofline / best;
+    state.counters["fma_peak_ratio"] = flops / best / cached_fma_peak<S>(threads);
 }
 
 /// \brief time(big) / time(small) within one benchmark: every iteration runs `small` then `big`, so the two

@@ -16,7 +16,7 @@ void BM_linear(benchmark::State& state)
     opt.mask = Mask;
     opt.threads = static_cast<int>(state.range(1)); // 0: the OpenMP default
     const linear_attention<feature_maps::elu_plus_one, positional::none, float> attn({}, {}, opt);
-    bench::run_against_roofline<float>(state, heads, n, width, width, [&] { p.forward(attn); });
+    bench::run_against_roofline<float>(state, heads, n, width, width, [&] { p.forward(attn); }, opt.threads);
     state.SetComplexityN(n);
 }
 

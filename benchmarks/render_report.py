@@ -195,6 +195,43 @@ def headline(runs):
     return ["## Headline", "", "| target | measured | required | met | binary |", "|---|---|---|---|---|"] + rows + [""]
 
 
+# "As called" cases (bm_as_called, one fresh process each) and the in-benchmark run each one shadows.
+AS_CALLED = [
+    ("linear_noncausal/16384", "bm_core", "linear_noncausal/N:16384/threads:0"),
+    ("linear_causal/16384", "bm_core", "linear_causal/N:16384/threads:0"),
+] + [(f"{mask}/{kind}/16384", "bm_lrpe", f"{mask}/{kind}/16384")
+     for mask, kind in (("noncausal", "rotate"), ("causal", "rotate"), ("noncausal", "cosine"), ("causal", "cosine"),
+                        ("causal", "permutation"))] + [
+    ("sine_spe/16384/0/5", "bm_spe", "sine_spe/16384/0/5"),
+    ("conv_spe/16384/0/128/0", "bm_spe", "conv_spe/16384/0/128/0"),
+    ("toeplitz_banded/16384/128", "bm_toeplitz", "toeplitz_banded/16384/128"),
+    ("toeplitz_fft/16384/0", "bm_toeplitz", "toeplitz_fft/16384/0"),
+    ("toeplitz_dense/8192/0", "bm_toeplitz", "toeplitz_dense/8192/0"),
+]
+
+
+def as_called(runs):
+    """Each headline configuration as a plain program calls it, beside the in-benchmark time of the same case."""
+    rows = []
+    for case, binary, name in AS_CALLED:
+        a, b = find(runs, "bm_as_called", "as_called/" + case), find(runs, binary, name)
+        if a is None:
+            continue
+        inb = f"{ms(b):.2f}" if b else "–"
+        ratio = ms(a) / ms(b) if b else None
+        rows.append(f"| `{case}` | {ms(a):.2f} | {inb} | `{binary}` | " +
+                    (f"{ratio:.2f} | {'yes' if ratio <= 1.10 else '**no**'} |" if ratio else "– | – |"))
+    if not rows:
+        return []
+    return ["## As called", "",
+            "`bm_as_called` runs each configuration as a plain program does: the public batched API in a loop on",
+            "the same buffers, the default allocator, nothing kept alive but the inputs, the output and the",
+            "attention object (which keeps its workspace), each case in a fresh process (`benchmarks/run_all.sh`).",
+            "The in-benchmark time is the same configuration in its topic binary (mean kernel time).", "",
+            "| case | as called [ms] | in-benchmark [ms] | binary | ratio | within 10 % |",
+            "|---|---:|---:|---|---:|---|"] + rows + [""]
+
+
 def main():
     bench_dir, docs_dir = sys.argv[1], sys.argv[2]
     context, runs = load(bench_dir)
@@ -211,6 +248,7 @@ def main():
                 f"date {context.get('date')}; linrpe in a Release build with -march=native (Debian's Google "
                 f"Benchmark library itself reports build type `{context.get('library_build_type')}`).", ""]
     out += headline(runs)
+    out += as_called(runs)
     has_plot = plot(runs, os.path.join(docs_dir, "scaling.png"))
     if has_plot:
         out += ["![time per call against N](scaling.png)", ""]
