@@ -255,9 +255,12 @@ int main(int argc, char** argv)
                                       " visible weights is negative: with positive elu+1 features these RoPE scores stay "
                                       "positive, which nothing guarantees in general."),
                       signed_scale, "weights_lrpe_rotate");
+        plot::heatmap_scale clipped = positive;
+        clipped.clip_quantile = 0.995; // a few isolated large weights of the random draw would flatten the rest
         ok &= picture(w_sine, "sineSPE (K = 5, gated) + FAVOR+: attention weights",
-                      "One draw of R = 64 realizations; FAVOR+ with M = 256 features on the R-wide codes.", positive,
-                      "weights_sine_spe");
+                      "One draw of R = 64 realizations; FAVOR+ with M = 256 features on the R-wide codes. Colour range "
+                      "clipped at the 99.5th percentile (a few isolated large weights).",
+                      clipped, "weights_sine_spe");
         ok &= picture(w_toeplitz, "Toeplitz RPE (T_max = 128), elu+1: attention weights",
                       "w_ij = exp(b_{j\u2212i}) with the bias of toeplitz_weights." + ext + ": decaying with |j \u2212 i|, a ripple of period 2\u03c0/0.1 \u2248 63.",
                       positive, "weights_toeplitz");
