@@ -262,7 +262,8 @@ int main(int argc, char** argv)
                       "clipped at the 99.5th percentile (a few isolated large weights).",
                       clipped, "weights_sine_spe");
         ok &= picture(w_toeplitz, "Toeplitz RPE (T_max = 128), elu+1: attention weights",
-                      "w_ij = exp(b_{j\u2212i}) with the bias of toeplitz_weights." + ext + ": decaying with |j \u2212 i|, a ripple of period 2\u03c0/0.1 \u2248 63.",
+                      "w_ij = exp(b_{j\u2212i}) with the bias of the Toeplitz weight plot: decaying with |j \u2212 i|, a ripple of period "
+                      "2\u03c0/0.1 \u2248 63.",
                       positive, "weights_toeplitz");
     }
     {   // SPE: one draw's code kernel (mean over the R realizations) against the closed form P_d(δ), d = 0
