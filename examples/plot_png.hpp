@@ -162,7 +162,7 @@ private:
     static mask render_bitmap(std::string s, double px)
     {
         // stb_easy_font glyphs are 7 units above the baseline and 2 below, in a 12-unit line.
-        const int k = std::max(1, int(std::lround(px / 11.0)));
+        const int k = std::max(1, int(std::lround(px / 8.0)));
         static std::vector<char> buffer(400000);
         const int quads = stb_easy_font_print(0.f, 0.f, s.data(), nullptr, buffer.data(), int(buffer.size()));
         mask m;
