@@ -214,29 +214,88 @@ int main(int argc, char** argv)
     t = run(both, p, out);
     print({"sineSPE + Toeplitz, favor", exact_error(both, p, out, std::min<index>(check_rows, 512)), exact + " (this draw)", t}, soft_s);
 
-    // Pictures
+    // Pictures: each says in its title and caption what it shows, so that it reads on its own.
     mkdir(dir.c_str(), 0755);
     const std::string ext = plot::extension();
     bool ok = true;
-    ok &= plot::heatmap(w_none, 128, 128, "none: attention weights, head 0, first 128 tokens", dir + "/weights_none." + ext, 3);
-    ok &= plot::heatmap(w_rotate, 128, 128, "LRPE rotate: attention weights (signed)", dir + "/weights_lrpe_rotate." + ext, 3);
-    ok &= plot::heatmap(w_sine, 128, 128, "sineSPE + favor: attention weights", dir + "/weights_sine_spe." + ext, 3);
-    ok &= plot::heatmap(w_toeplitz, 128, 128, "Toeplitz RPE: attention weights", dir + "/weights_toeplitz." + ext, 3);
-    {   // SPE: empirical code kernel (mean over realizations) against the closed form P_d(δ), d = 0
+    {   // Attention weights of head 0 over the first 128 tokens, one picture per family.
+        const int shown = 128;
+        plot::heatmap_scale positive;
+        positive.masked = [](int i, int j) { return j > i; };
+        plot::heatmap_scale signed_scale = positive;
+        signed_scale.signed_data = true;
+        const std::vector<std::string> how{
+            "Weights a_ij = w_ij \u27e8\u03c8_i, \u03ba_j\u27e9 / \u03a3_j |w_ij \u27e8\u03c8_i, \u03ba_j\u27e9| of head 0 over the first "
+            "128 tokens of random q, k, v (N = " + std::to_string(n) + ", causal: grey cells j > i are masked), shown as "
+            "(i + 1)\u00b7a_ij so that every row reads against uniform attention over its i + 1 keys (= 1)."};
+        const auto picture = [&](std::vector<double> w, const std::string& title, const std::string& extra,
+                                 const plot::heatmap_scale& scale, const std::string& file) {
+            for (int i = 0; i < shown; ++i)
+                for (int j = 0; j < shown; ++j) w[std::size_t(i) * shown + j] *= double(i + 1);
+            plot::heatmap_text text;
+            text.title = title;
+            text.value_label = "(i + 1)\u00b7a_ij   (1 = uniform)";
+            text.caption = how;
+            if (!extra.empty()) text.caption.push_back(extra);
+            return plot::heatmap(w, shown, shown, text, dir + "/" + file + "." + ext, scale, 3);
+        };
+        ok &= picture(w_none, "No positional encoding (elu+1): attention weights", "", positive, "weights_none");
+        index negative = 0, visible = 0;
+        double lowest = 0;
+        for (int i = 0; i < shown; ++i)
+            for (int j = 0; j <= i; ++j) {
+                const double a = w_rotate[std::size_t(i) * shown + j];
+                negative += a < 0, ++visible, lowest = std::min(lowest, a * (i + 1));
+            }
+        ok &= picture(w_rotate, "LRPE rotate (RoPE), elu+1: signed attention weights",
+                      "LRPE scores can be negative, so the map diverges around 0: red > 0, white = 0, blue < 0 (rms normalization). " +
+                          (negative ? "Here " + std::to_string(negative) + " of the " + std::to_string(visible) +
+                                      " visible weights are negative (lowest " + plot::fmt(lowest) + ")."
+                                : "Here none of the " + std::to_string(visible) +
+                                      " visible weights is negative: with positive elu+1 features these RoPE scores stay "
+                                      "positive, which nothing guarantees in general."),
+                      signed_scale, "weights_lrpe_rotate");
+        plot::heatmap_scale clipped = positive;
+        clipped.clip_quantile = 0.995; // a few isolated large weights of the random draw would flatten the rest
+        ok &= picture(w_sine, "sineSPE (K = 5, gated) + FAVOR+: attention weights",
+                      "One draw of R = 64 realizations; FAVOR+ with M = 256 features on the R-wide codes. Colour range "
+                      "clipped at the 99.5th percentile (a few isolated large weights).",
+                      clipped, "weights_sine_spe");
+        ok &= picture(w_toeplitz, "Toeplitz RPE (T_max = 128), elu+1: attention weights",
+                      "w_ij = exp(b_{j\u2212i}) with the bias of the Toeplitz weight plot: decaying with |j \u2212 i|, a ripple of period "
+                      "2\u03c0/0.1 \u2248 63.",
+                      positive, "weights_toeplitz");
+    }
+    {   // SPE: one draw's code kernel (mean over the R realizations) against the closed form P_d(δ), d = 0
         const auto& pe = sine.positional();
         const index span = 64, m0 = 200;
         const auto qc = pe.code(role::query, 0, 0, m0, 1);
         const auto kc = pe.code(role::key, 0, 0, m0 - span, 2 * span + 1);
-        plot::series emp{"empirical (R = 64)", {}, {200, 60, 40}}, exp_{"expected P_d", {}, {30, 90, 200}};
+        plot::series emp{"one draw, mean of R = 64", {}, {200, 60, 40}, true}, exp_{"expected P\u2080(\u03b4)", {}, {30, 90, 200}};
+        plot::band sd{"\u00b11 std. dev. of the mean", {}, {205, 222, 242}};
         const double scale = std::sqrt(double(r) * d) / double(r); // codes carry (R·D)^{-1/4} each
+        const double var = pe.code_variance(0, 0);                  // σ² of a unit code entry
         for (index j = 0; j <= 2 * span; ++j) {
             const index delta = span - j; // m − n with n = m0 − span + j
+            const double p = pe.expected_kernel(0, 0, delta);
+            // Isserlis: Var(Q̃ K̃) = σ⁴ + P² for one realization; the mean over R independent ones divides it by R.
+            const double sd_mean = std::sqrt((var * var + p * p) / double(r));
             emp.points.push_back({double(delta), scale * double(qc.row(0).dot(kc.row(j)))});
-            exp_.points.push_back({double(delta), pe.expected_kernel(0, 0, delta)});
+            exp_.points.push_back({double(delta), p});
+            sd.points.push_back({double(delta), p - sd_mean, p + sd_mean});
         }
         std::sort(emp.points.begin(), emp.points.end());
         std::sort(exp_.points.begin(), exp_.points.end());
-        ok &= plot::line_plot({emp, exp_}, "sineSPE: code kernel vs expected P_0(delta), head 0", "delta = m - n", dir + "/spe_kernel." + ext);
+        std::sort(sd.points.begin(), sd.points.end());
+        const plot::line_plot_text text{"sineSPE: code kernel of one draw against its expectation P\u2080(\u03b4)",
+                                        "offset \u03b4 = m \u2212 n (query position m = 200, key position n)",
+                                        "kernel (head 0, dimension d = 0)",
+                                        {"Dots: Q\u0304\u2080(m)\u00b7K\u0304\u2080(n) averaged over the R = 64 realizations of one draw (K = 5 sines, gated). "
+                        "Line: the closed form (1 \u2212 g) P\u2080(\u03b4) + g.",
+                        "The gap between them is the Monte-Carlo error of R = 64 realizations; the band is \u00b11 standard deviation "
+                        "\u221a((\u03c3\u2074 + P\u2080(\u03b4)\u00b2)/R).",
+                        "Neighbouring offsets share the draw, so the error is smooth in \u03b4; it shrinks like 1/\u221aR (tests: test_spe_unbiased)."}};
+        ok &= plot::line_plot({emp, exp_}, text, dir + "/spe_kernel." + ext, {sd});
     }
     {   // LRPE: score <T(q, s), T(k, s + t)> against the offset t, for three cores
         const row_matrix<float> q = p.head(p.q, 0, 1), k = p.head(p.k, 1, 1);
@@ -246,20 +305,38 @@ int main(int argc, char** argv)
         const plot::rgb colors[] = {{200, 60, 40}, {30, 90, 200}, {40, 150, 60}};
         int c = 0;
         for (const auto* attn : {&rotate, &cosine, &permute}) {
-            plot::series s{c == 0 ? "rotate" : c == 1 ? "cosine" : "permutation", {}, colors[c]};
+            plot::series s{c == 0 ? "rotate (RoPE \u03b8)" : c == 1 ? "cosine" : "permutation", {}, colors[c]};
             const auto& pe = attn->positional();
             const row_matrix<float> tq = pe.transform(fq, 1000);
             for (index off = -64; off <= 64; ++off) s.points.push_back({double(off), double(tq.row(0).dot(pe.transform(fk, 1000 + off).row(0)))});
             all.push_back(s);
             ++c;
         }
-        ok &= plot::line_plot(all, "LRPE: score <T(q, s), T(k, s + t)> against t (s = 1000)", "offset t", dir + "/lrpe_score." + ext);
+        const plot::line_plot_text text{"LRPE: the score depends on the offset t only",
+                                        "offset t = (key position) \u2212 (query position)",
+                                        "score \u27e8T(\u03c6(q), s), T(\u03c6(k), s + t)\u27e9",
+                                        {"One query and one key (elu+1 features, M = 64, head 0) at query position s = 1000; T(x, s) = \u039b^(s) P x with P = I.",
+                        "rotate: pairs turned by s\u00b7\u03b8_i, \u03b8_i = 10000^(\u22122i/M); cosine: [x cos s\u03b8 ; x sin s\u03b8]; "
+                        "permutation: \u03a0^s of a seeded random permutation.",
+                        "Any other s gives the same curves (the transform is unitary and \u039b^(s)\u1d40\u039b^(s+t) = \u039b^(t))."}};
+        ok &= plot::line_plot(all, text, dir + "/lrpe_score." + ext);
     }
     {   // Toeplitz: weights c_t = exp(b_t), clipped at |t| >= T_max
         plot::series s{"c_t = exp(b_t)", {}, {30, 90, 200}};
         const auto w = rpe.mixing_weights<double>(0, false);
         for (index tt = -300; tt <= 300; ++tt) s.points.push_back({double(tt), w.at(tt)});
-        ok &= plot::line_plot({s}, "Toeplitz RPE: c_t against t = j - i (T_max = 128, clipped beyond)", "offset t", dir + "/toeplitz_weights." + ext);
+        double top = 0;
+        for (const auto& pt : s.points) top = std::max(top, pt.second);
+        plot::series edge{"|t| = T_max \u2212 1 = 127", {{-127.0, 0.0}, {-127.0, top}}, {150, 150, 150}};
+        plot::series edge2{"", {{127.0, 0.0}, {127.0, top}}, {150, 150, 150}};
+        const plot::line_plot_text text{"Toeplitz RPE: the mixing weight c_t against the offset t",
+                                        "offset t = j \u2212 i (key position \u2212 query position)",
+                                        "weight c_t",
+                                        {"The tour's bias b_t = \u22120.02|t| + 0.3 cos(0.1 t), head 0, stored for |t| < T_max = 128 and clipped beyond it.",
+                        "Beyond the grey lines the weight is constant on each side: the banded algorithm treats those keys as "
+                        "plain (lagged) linear attention.",
+                        "Causal attention uses t \u2264 0 only."}};
+        ok &= plot::line_plot({s, edge, edge2}, text, dir + "/toeplitz_weights." + ext);
     }
     std::printf("\npictures (%s) written to %s/%s\n", ext.c_str(), dir.c_str(),
 #if defined(LINRPE_HAVE_STB)

@@ -30,7 +30,7 @@ class decoder;
 
 /// \brief Linear (kernelized) attention with a positional encoding, for one head or a batch of heads.
 ///
-/// For each query i (DESIGN §2):
+/// For each query i (docs/design.md §2):
 ///
 ///     ψ_i = post_i(φ(pre_i(q_i))),  κ_j = post_j(φ(pre_j(k_j)))
 ///     out_i = Σ_j w_ij ⟨ψ_i, κ_j⟩ v_j / (Σ_j w_ij ⟨ψ_i, κ_j⟩ + eps)        (normalization::sum)

@@ -21,7 +21,7 @@ using vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
 /// Which keys a query sees: all of them, or those at positions <= its own (mixing weight 1[j <= i]).
 enum class masking { none, causal };
 
-/// How the weighted sum of values is normalized (DESIGN §2).
+/// How the weighted sum of values is normalized (docs/design.md §2).
 enum class normalization {
     sum,  ///< out_i = num_i / (den_i + eps): the kernel-attention normalizer; needs non-negative scores
     none, ///< out_i = num_i

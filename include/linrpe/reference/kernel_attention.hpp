@@ -12,7 +12,7 @@
 namespace linrpe {
 namespace reference {
 
-/// \brief The one formula of DESIGN §2 written out, in double, with the N × Nk score matrix materialized:
+/// \brief The one formula of docs/design.md §2 written out, in double, with the N × Nk score matrix materialized:
 ///
 ///     A = (Ψ Κᵀ) ⊙ W,  num = A V,   out = num / (A 1 + eps) | num | num / sqrt(mean_e num² + eps)
 ///
