@@ -190,6 +190,15 @@ def headline(runs):
                 r = big["extra_MiB"] / b["extra_MiB"]
                 add(f"extra memory 64k / 16k: {label[len('memory_'):].replace('_', ' ')}",
                     f"{r:.2f} ({big['bytes_per_token']:.0f} B/token at 64k)", "<= 4 (+1% allocator slack): O(N)", r <= 4.04, "bm_memory")
+    for mask, label in (("0", "non-causal"), ("1", "causal")):
+        for n in (262144, 1048576):
+            one = find(runs, "bm_context_parallel_np1", f"context_parallel/N:{n}/causal:{mask}")
+            two = find(runs, "bm_context_parallel_np2", f"context_parallel/N:{n}/causal:{mask}")
+            if one and two:
+                r = ms(one) / ms(two)
+                need = mask == "1" and n == 1048576
+                add(f"context parallel {label} N = {n // 1024}k: 2 ranks over 1 (1 thread each; {two['bytes_sent']:.0f} bytes sent per rank)",
+                    f"{r:.2f}x", ">= 1.7x" if need else "reported", r >= 1.7 or not need, "bm_context_parallel")
     if not rows:
         return []
     return ["## Headline", "", "| target | measured | required | met | binary |", "|---|---|---|---|---|"] + rows + [""]

@@ -8,6 +8,14 @@ for exe in "$dir"/bm_*; do
   [ -x "$exe" ] || continue
   name=$(basename "$exe")
   echo "== $name"
+  if [ "$name" = bm_context_parallel ]; then
+    # One sequence sharded over 1 and then 2 ranks, one thread each (loopback / shared memory only).
+    for np in 1 2; do
+      OMP_NUM_THREADS=1 mpirun -np $np --oversubscribe --allow-run-as-root --mca btl self,vader --mca oob_tcp_if_include lo \
+        "$exe" --benchmark_out="$out/${name}_np$np.json" --benchmark_out_format=json "$@"
+    done
+    continue
+  fi
   if [ "$name" = bm_as_called ]; then
     # One fresh process per case: a case never runs on a heap that another case (or a roofline) warmed.
     rm -rf "$out/as_called" && mkdir -p "$out/as_called"

@@ -33,7 +33,7 @@ public:
     {
         count = (std::max<index>(count, 1) + granule - 1) / granule * granule;
         if (m_top == 0 && m_used == 0 && m_blocks.size() > 1) merge();
-        while (m_top < m_blocks.size() && m_used + count > m_blocks[m_top].size()) {
+        while (m_top < m_blocks.size() && m_used + count > static_cast<index>(m_blocks[m_top].size())) {
             ++m_top;
             m_used = 0;
         }

@@ -4,7 +4,7 @@
 /// \brief Causal mixing without positional weights: the state, the chunk recurrence and the segmented kernel.
 ///
 /// The state after tokens j < t is S = Σ_j κ_j v_jᵀ (M, E) and, under `sum`, z = Σ_j κ_j (M). The causal
-/// kernel walks chunks of C rows in order (Katharopoulos et al. 2020 in chunked form, DESIGN §7):
+/// kernel walks chunks of C rows in order (Katharopoulos et al. 2020 in chunked form, docs/design.md §6.2):
 ///
 ///     out_c = Ψ_c S + tril(Ψ_c Κ_cᵀ) V_c,   den_c = Ψ_c z + tril(Ψ_c Κ_cᵀ) 1,   S += Κ_cᵀ V_c,   z += Κ_cᵀ 1
 ///

@@ -1,0 +1,220 @@
+#pragma once
+/// \file
+/// \brief context_parallel: one sequence sharded over MPI ranks, each holding a contiguous block of tokens.
+///
+/// Optional component (CMake `LINRPE_USE_MPI`, target `linrpe::mpi`); nothing else in linrpe includes it.
+
+#include "../detail/normalize.hpp"
+#include "../detail/parallel.hpp"
+#include "../errors.hpp"
+#include "../types.hpp"
+#include "../views.hpp"
+
+#include <mpi.h>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace linrpe {
+namespace distributed {
+
+/// \brief Context-parallel linear attention over an MPI communicator (DESIGN §15).
+///
+/// Rank r holds tokens [p_r, p_r + n_r) of every (batch, head) — q, k (B, H, n_r, D), v, out (B, H, n_r, E)
+/// — with p_{r+1} = p_r + n_r. Linear attention's key side is an associative sum, so the ranks exchange only
+/// the per-(batch, head) states of their shards, Δ_r = Σ_{j in r} κ_j [v_j, 1]ᵀ (M', E + 1), never tokens:
+///
+///     non-causal: S = Σ_r Δ_r                    out_i = ψ_i S[:, :E] / (ψ_i S[:, E] + eps)
+///     causal:     S_in(r) = Σ_{r' < r} Δ_{r'}     out_i = normalize(ψ_i S_in(r) + local causal part_i)
+///
+/// The states are all-gathered and every rank sums them itself in rank order, so the result is
+/// bit-identical between runs with the same rank count and equals the single-process call to rounding
+/// (the sums only regroup). Per rank and call: O(n_r·M'·E) work as in the single-process call plus
+/// O(P·B·H·M'·(E + 1)) for the reduction; communication B·H·M'·(E + 1) scalars sent, P times that received,
+/// independent of N. LRPE and SPE act at absolute positions (the counter-based RNG draws the same SPE
+/// realization on every rank). Sequence-mixing encodings (Toeplitz RPE) are refused: `dense` and `fft` need
+/// the whole sequence on one rank, and the banded halo exchange is not built yet.
+///
+/// The local causal part is the attention itself with normalization::none on [v, 1] (numerator and
+/// denominator as columns), so every feature and encoding path of the single-process library is reused.
+/// Under `sum`, FAVOR+'s per-row query shift (a factor that cancels) is therefore not applied here.
+template <class Attention>
+class context_parallel {
+public:
+    using attention_type = Attention;
+    using scalar_type = typename Attention::scalar_type;
+    using matrix = row_matrix<scalar_type>;
+
+    /// Keeps a copy of `attention` (later changes to it do not reach this object) and `comm` (not owned;
+    /// must outlive this object). Every rank must construct it with the same configuration.
+    context_parallel(const Attention& attention, MPI_Comm comm) : m_attn(attention), m_local(attention), m_comm(comm)
+    {
+        if (Attention::positional_encoding_type::has_mixing)
+            detail::fail("positional encoding (context_parallel)",
+                         "one without sequence mixing: Toeplitz dense and fft need the whole sequence on one rank, "
+                         "and the banded halo exchange is not available yet",
+                         "toeplitz_rpe");
+        auto opt = attention.opts();
+        opt.norm = normalization::none;
+        opt.allow_signed_normalizer = true;
+        m_local.set_options(opt);
+        MPI_Comm_rank(comm, &m_rank);
+        MPI_Comm_size(comm, &m_size);
+    }
+
+    int rank() const { return m_rank; }
+    int size() const { return m_size; }
+    const Attention& attention() const { return m_attn; }
+    /// Bytes this rank sent in the last forward() (the allgather of its states plus the shard metadata).
+    std::size_t bytes_sent() const { return m_bytes_sent; }
+
+    /// \brief Collective: every rank calls it with its own shard and first absolute position. Throws
+    /// linrpe::error on every rank (never hangs) if any rank's shard is invalid or the shards do not tile
+    /// one sequence; nothing is written to `out` then.
+    void forward(tensor_view<const scalar_type> q, tensor_view<const scalar_type> k, tensor_view<const scalar_type> v,
+                 tensor_view<scalar_type> out, index first_position) const
+    {
+        validate(q, k, v, out, first_position);
+        const bool causal = m_attn.opts().mask == masking::causal;
+        const bool with_den = m_attn.opts().norm == normalization::sum;
+        const index batch = q.batch(), heads = q.heads(), n = q.tokens(), e = v.channels();
+        const index m = m_attn.encoded_dim(q.channels()), ex = e + 1;
+        const index slot = m * ex, total = batch * heads * slot;
+
+        // Δ_r per (batch, head): Σ κ_j [v_j, 1]ᵀ over this shard, κ at absolute positions.
+        std::vector<scalar_type> local(static_cast<std::size_t>(total), scalar_type(0));
+        detail::parallel_for(batch * heads, m_attn.opts().threads, [&](index bh) {
+            const index b = bh / heads, h = bh % heads;
+            Eigen::Map<matrix> delta(local.data() + bh * slot, m, ex); // (M', E + 1)
+            const auto ks = k.slice(b, h);
+            const auto vs = v.slice(b, h);
+            for (index r0 = 0; r0 < n; r0 += block) {
+                const index rows = std::min(block, n - r0);
+                const matrix kappa = feature_source().features(ks.middleRows(r0, rows), role::key, h, first_position + r0);
+                delta.leftCols(e).noalias() += kappa.transpose() * vs.middleRows(r0, rows); // (M', E)
+                delta.col(e) += kappa.colwise().sum().transpose();                          // (M')
+            }
+        });
+        std::vector<scalar_type> all(static_cast<std::size_t>(total * m_size));
+        MPI_Allgather(local.data(), static_cast<int>(total), mpi_type(), all.data(), static_cast<int>(total), mpi_type(),
+                      m_comm);
+        m_bytes_sent += static_cast<std::size_t>(total) * sizeof(scalar_type);
+
+        // The incoming state, summed in rank order: every rank (causal: before this one) in turn.
+        const int upto = causal ? m_rank : m_size;
+        std::vector<scalar_type> incoming(static_cast<std::size_t>(total), scalar_type(0));
+        for (int r = 0; r < upto; ++r)
+            for (index i = 0; i < total; ++i) incoming[i] += all[static_cast<std::size_t>(r * total + i)];
+        if (n == 0) return;
+
+        // Causal: the local part first, as numerator and denominator columns of one none-normalized call.
+        std::vector<scalar_type> vx, num;
+        if (causal) {
+            vx.resize(static_cast<std::size_t>(batch * heads * n * ex));
+            num.resize(vx.size());
+            for (index b = 0; b < batch; ++b)
+                for (index h = 0; h < heads; ++h) {
+                    Eigen::Map<matrix> dst(vx.data() + (b * heads + h) * n * ex, n, ex); // (n, E + 1)
+                    dst.leftCols(e) = v.slice(b, h);
+                    dst.col(e).setOnes();
+                }
+            m_local.forward(q, k, view_bhnd<const scalar_type>(vx.data(), batch, heads, n, ex),
+                            view_bhnd(num.data(), batch, heads, n, ex), first_position);
+        }
+        const auto& opt = m_attn.opts();
+        detail::parallel_for(batch * heads, opt.threads, [&](index bh) {
+            const index b = bh / heads, h = bh % heads;
+            const Eigen::Map<const matrix> state(incoming.data() + bh * slot, m, ex); // (M', E + 1)
+            const auto qs = q.slice(b, h);
+            auto os = out.slice(b, h);
+            for (index r0 = 0; r0 < n; r0 += block) {
+                const index rows = std::min(block, n - r0);
+                const matrix psi = feature_source().features(qs.middleRows(r0, rows), role::query, h, first_position + r0);
+                matrix total_num = psi * state; // (rows, E + 1)
+                if (causal) total_num += Eigen::Map<const matrix>(num.data() + (bh * n + r0) * ex, rows, ex);
+                auto o = os.middleRows(r0, rows);
+                o = total_num.leftCols(e);
+                const vector<scalar_type> den = total_num.col(e);
+                detail::normalize_rows<scalar_type>(o, with_den ? &den : nullptr, opt.norm, opt.eps);
+            }
+        });
+    }
+
+private:
+    static constexpr index block = 4096;
+
+    // Non-causal uses the attention's own features (its FAVOR+ query shift included); causal uses the
+    // none-normalized copy so that ψ matches the local part's.
+    const Attention& feature_source() const { return m_attn.opts().mask == masking::causal ? m_local : m_attn; }
+
+    static MPI_Datatype mpi_type() { return std::is_same<scalar_type, float>::value ? MPI_FLOAT : MPI_DOUBLE; }
+
+    // Collective: every rank learns every rank's shard and whether it was valid, so all throw together.
+    void validate(const tensor_view<const scalar_type>& q, const tensor_view<const scalar_type>& k,
+                  const tensor_view<const scalar_type>& v, const tensor_view<scalar_type>& out, index first) const
+    {
+        std::string local_error;
+        try {
+            q.validate("q view");
+            k.validate("k view");
+            v.validate("v view");
+            out.validate("out view");
+            const index n = q.tokens();
+            if (k.batch() != q.batch() || k.heads() != q.heads() || k.tokens() != n)
+                detail::fail("k view extents (the same shard of tokens as q)", detail::concat(q.batch(), " x ", q.heads(), " x ", n),
+                             detail::concat(k.batch(), " x ", k.heads(), " x ", k.tokens()));
+            if (k.channels() != q.channels()) detail::fail("k view channels (key width must equal query width)", q.channels(), k.channels());
+            if (v.batch() != q.batch() || v.heads() != q.heads() || v.tokens() != n)
+                detail::fail("v view extents (the same shard of tokens as q)", detail::concat(q.batch(), " x ", q.heads(), " x ", n),
+                             detail::concat(v.batch(), " x ", v.heads(), " x ", v.tokens()));
+            if (out.batch() != q.batch() || out.heads() != q.heads() || out.tokens() != n || out.channels() != v.channels())
+                detail::fail("out view extents", detail::concat("(", q.batch(), ", ", q.heads(), ", ", n, ", ", v.channels(), ")"),
+                             detail::concat("(", out.batch(), ", ", out.heads(), ", ", out.tokens(), ", ", out.channels(), ")"));
+            if (first < 0) detail::fail("first_position", "a value >= 0", first);
+            // The attention's own checks (encoding heads and widths) on an empty block of every head.
+            const matrix none(0, q.channels());
+            for (index h = 0; h < q.heads(); ++h) (void)m_attn.features(none, role::key, h, first);
+        } catch (const error& err) {
+            local_error = err.what();
+        }
+        // ok, first, tokens, batch, heads, query width, value width
+        const std::int64_t mine[7] = {local_error.empty() ? 1 : 0, std::int64_t(first), std::int64_t(q.tokens()),
+                                      std::int64_t(q.batch()), std::int64_t(q.heads()), std::int64_t(q.channels()),
+                                      std::int64_t(v.channels())};
+        std::vector<std::int64_t> all(static_cast<std::size_t>(7 * m_size));
+        MPI_Allgather(mine, 7, MPI_INT64_T, all.data(), 7, MPI_INT64_T, m_comm);
+        m_bytes_sent = sizeof(mine);
+        if (!local_error.empty()) throw error(local_error.substr(std::string("linrpe: ").size()));
+        const auto at = [&](int r, int field) { return all[static_cast<std::size_t>(7 * r + field)]; };
+        for (int r = 0; r < m_size; ++r)
+            if (!at(r, 0))
+                detail::fail("context_parallel shards", "a valid shard on every rank",
+                             detail::concat("an invalid shard on rank ", r, " (that rank's error says why)"));
+        for (int r = 1; r < m_size; ++r) {
+            for (int f = 3; f < 7; ++f)
+                if (at(r, f) != at(0, f))
+                    detail::fail("context_parallel shard extents (batch, heads, widths equal on every rank)",
+                                 detail::concat("(", at(0, 3), ", ", at(0, 4), ", ·, ", at(0, 5), ") and value width ", at(0, 6)),
+                                 detail::concat("(", at(r, 3), ", ", at(r, 4), ", ·, ", at(r, 5), ") and value width ", at(r, 6),
+                                                " on rank ", r));
+            if (at(r, 1) != at(r - 1, 1) + at(r - 1, 2))
+                detail::fail("context_parallel first_position (shards must tile one sequence in rank order)",
+                             detail::concat(at(r - 1, 1) + at(r - 1, 2), " on rank ", r, " (rank ", r - 1, " holds [", at(r - 1, 1),
+                                            ", ", at(r - 1, 1) + at(r - 1, 2), "))"),
+                             at(r, 1));
+        }
+    }
+
+    Attention m_attn, m_local;
+    MPI_Comm m_comm;
+    int m_rank = 0, m_size = 1;
+    mutable std::size_t m_bytes_sent = 0;
+};
+
+} // namespace distributed
+} // namespace linrpe
