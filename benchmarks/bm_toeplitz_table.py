@@ -24,27 +24,32 @@ for r in runs:
     # shared: contention only ever adds time)
     prev = ms[(label, t)].get(n)
     ms[(label, t)][n] = r["real_time"] if prev is None else min(prev, r["real_time"])
-    if label == "toeplitz_automatic":
-        chosen[(t, n)] = {1: "dense", 2: "fft", 3: "banded"}.get(int(r.get("algo", 0)), "?")
+    if label in ("toeplitz_automatic", "toeplitz_automatic_causal"):
+        chosen[(label, t, n)] = {1: "dense", 2: "fft", 3: "banded"}.get(int(r.get("algo", 0)), "?")
 
-labels = ["softmax_reference", "toeplitz_dense", "toeplitz_fft", "toeplitz_banded", "toeplitz_automatic",
-          "toeplitz_automatic_causal"]
-for t in ["128", "N"]:
-    ns = sorted({n for (lab, tt), d in ms.items() if tt == t for n in d})
-    print(f"\nT_max = {t} (CPU ms per head, M = E = 64, float, one thread)\n")
-    print("| N | " + " | ".join(l.replace("toeplitz_", "") for l in labels) + " | automatic ran | auto / best |")
-    print("|---" * (len(labels) + 3) + "|")
+labels = ["softmax_reference", "toeplitz_dense", "toeplitz_fft", "toeplitz_banded", "toeplitz_automatic"]
+causal_labels = ["toeplitz_dense_causal", "toeplitz_fft_causal", "toeplitz_banded_causal", "toeplitz_automatic_causal"]
+for title, labs, auto_label, algos in [("", labels, "toeplitz_automatic", labels[1:4]),
+                                       ("causal, ", causal_labels, "toeplitz_automatic_causal", causal_labels[:3])]:
+  for t in ["128", "N"]:
+    ns = sorted({n for (lab, tt), d in ms.items() if tt == t and lab in labs for n in d})
+    print(f"\n{title}T_max = {t} (ms per head, M = E = 64, float)\n")
+    print("| N | " + " | ".join(l.replace("toeplitz_", "") for l in labs) + " | automatic ran | auto / best |")
+    print("|---" * (len(labs) + 3) + "|")
     for n in ns:
-        row = [ms[(l, t)].get(n) for l in labels]
-        best = min(v for l, v in zip(labels, row) if v is not None and l in labels[1:4])
-        auto = ms[("toeplitz_automatic", t)].get(n)
+        row = [ms[(l, t)].get(n) for l in labs]
+        measured = [v for l, v in zip(labs, row) if v is not None and l in algos]
+        best = min(measured) if measured else None
+        auto = ms[(auto_label, t)].get(n)
         cells = ["%.3g" % v if v is not None else "–" for v in row]
-        ratio = "%.2f" % (auto / best) if auto else "–"
-        print(f"| {n} | " + " | ".join(cells) + f" | {chosen.get((t, n), '–')} | {ratio} |")
+        ratio = "%.2f" % (auto / best) if auto and best else "–"
+        print(f"| {n} | " + " | ".join(cells) + f" | {chosen.get((auto_label, t, n), '–')} | {ratio} |")
+    if labs is not labels:
+        continue
     # crossovers: first N where one algorithm becomes faster than another; automatic's runs count as
     # measurements of the algorithm it ran (dense beyond 8k)
     for n, v in ms[("toeplitz_automatic", t)].items():
-        lab = "toeplitz_" + chosen.get((t, n), "")
+        lab = "toeplitz_" + chosen.get(("toeplitz_automatic", t, n), "")
         if lab in labels and n not in ms[(lab, t)]:
             ms[(lab, t)][n] = v
     for a, b in [("toeplitz_fft", "toeplitz_dense"), ("toeplitz_banded", "toeplitz_dense"),

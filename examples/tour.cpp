@@ -11,6 +11,7 @@
 #include <linrpe.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -257,8 +258,7 @@ int main(int argc, char** argv)
     }
     {   // Toeplitz: weights c_t = exp(b_t), clipped at |t| >= T_max
         plot::series s{"c_t = exp(b_t)", {}, {30, 90, 200}};
-        const auto w = rpe.mixing_weights<double>(0, false);
-        for (index tt = -300; tt <= 300; ++tt) s.points.push_back({double(tt), w.at(tt)});
+        for (index tt = -300; tt <= 300; ++tt) s.points.push_back({double(tt), std::exp(double(rpe.offset_bias(0, tt)))});
         ok &= plot::line_plot({s}, "Toeplitz RPE: c_t against t = j - i (T_max = 128, clipped beyond)", "offset t", dir + "/toeplitz_weights." + ext);
     }
     std::printf("\npictures (%s) written to %s/%s\n", ext.c_str(), dir.c_str(),

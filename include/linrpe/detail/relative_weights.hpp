@@ -15,10 +15,16 @@ namespace detail {
 ///
 /// Because of the clipping, every offset t <= −t_max carries the one weight far_behind() and every t >= t_max
 /// the one weight far_ahead(): the banded algorithm and the streaming decoder rely on exactly this.
+///
+/// The stored values may carry a common factor: the true weight of offset t is c_t·e^{shift}. A policy
+/// picks shift = max b over the offsets a call can see, so every weight the call reads is in (0, 1] and
+/// no exponent overflows; the front folds e^{shift} back exactly (linear_attention::run_head). Entries of
+/// offsets the call cannot see may exceed 1 (even be +inf); no kernel reads them.
 template <class S>
 struct relative_weights {
     vector<S> c; ///< c[t + t_max − 1], size 2·t_max − 1
     index t_max = 1;
+    double shift = 0; ///< the common factor e^{shift} taken out of every c_t
 
     S at(index t) const
     {

@@ -58,6 +58,64 @@ double toeplitz_fft_lane_seconds(index length)
     else return l * (2.0 * k.fft * 5.0 * bits + lane);
 }
 
+/// Seconds of a rectangle of R queries × K keys (all visible) directly (dense) and by FFT.
+template <class S, class Backend>
+double toeplitz_dense_rectangle_seconds(double rows, double keys, index m, index ex)
+{
+    const auto k = toeplitz_costs<S, Backend>();
+    return rows * keys * (k.gemm * double(m + ex) + k.weight);
+}
+template <class S, class Backend>
+double toeplitz_fft_rectangle_seconds(index rows, index keys, index m, index ex)
+{
+    // M·Ex real channels in M·Ex/2 complex lanes, two transforms each, plus per-point lane work.
+    return std::ceil(double(m) * double(ex) / 2.0) * toeplitz_fft_lane_seconds<S, Backend>(fft_length_for<Backend>(rows + keys - 1));
+}
+
+/// \brief The causal FFT algorithm's crossover (toeplitz_mix_fft's direct_rows): the least power of two
+/// s >= 16 for which an s × s rectangle costs less by FFT than directly. Rectangles narrower than this,
+/// and triangles of fewer than 2s rows, run directly. 2^30 (never) when the FFT does not win below it.
+template <class S, class Backend = fft::default_backend>
+index toeplitz_fft_direct_rows(index m, index ex)
+{
+    index s = 16;
+    while (s < (index(1) << 30) &&
+           toeplitz_fft_rectangle_seconds<S, Backend>(s, s, m, ex) > toeplitz_dense_rectangle_seconds<S, Backend>(double(s), double(s), m, ex))
+        s *= 2;
+    return s;
+}
+
+/// \brief Seconds of the causal dense algorithm for N queries and Nk >= N keys (the first Nk − N visible to
+/// every query): those pairs, and a triangle per 128-row block (rows²/2 pairs plus about 64 per row for
+/// its less efficient small GEMMs and row-by-row diagonal tiles).
+template <class S, class Backend>
+double toeplitz_causal_dense_seconds(index n, index nk, index m, index ex)
+{
+    const double dn = double(n), history = double(std::max<index>(nk - n, 0));
+    return toeplitz_dense_rectangle_seconds<S, Backend>(dn, std::min(double(nk), history + 0.5 * (dn + 128.0)), m, ex);
+}
+
+/// \brief Predicted seconds of the causal FFT algorithm (toeplitz_mix_fft) for N queries, Nk >= N keys:
+/// the history rectangle, then the triangle halved while its halves are at least direct_rows wide (one
+/// rectangle per node, by FFT), directly below. Exactly the dense prediction when nothing is halved (the
+/// algorithm is then the dense one).
+template <class S, class Backend = fft::default_backend>
+double toeplitz_causal_fft_seconds(index n, index nk, index m, index ex)
+{
+    const index direct = toeplitz_fft_direct_rows<S, Backend>(m, ex);
+    if (n / 2 < direct) return toeplitz_causal_dense_seconds<S, Backend>(n, nk, m, ex);
+    const auto rectangle = [&](index rows, index keys) {
+        if (rows <= 0 || keys <= 0) return 0.0;
+        return std::min(rows, keys) >= direct ? toeplitz_fft_rectangle_seconds<S, Backend>(rows, keys, m, ex)
+                                              : toeplitz_dense_rectangle_seconds<S, Backend>(double(rows), double(keys), m, ex);
+    };
+    // Equal halves at every level: 2^level triangles of rows / 2^level rows (O(log N) evaluations).
+    double seconds = rectangle(n, nk - n), count = 1.0;
+    index rows = n;
+    for (; rows / 2 >= direct; rows /= 2, count *= 2.0) seconds += count * rectangle(rows - rows / 2, rows / 2);
+    return seconds + count * toeplitz_causal_dense_seconds<S, Backend>(rows, rows, m, ex);
+}
+
 /// Predicted seconds of each algorithm for one head (N queries, Nk keys, widths M and Ex).
 struct toeplitz_costs_t {
     double dense, fft, banded;
@@ -70,11 +128,10 @@ toeplitz_costs_t toeplitz_predict(index n, index nk, index m, index ex, index t_
     const double dn = double(n), dk = double(nk), dm = double(m), de = double(ex);
     const double pair = k.gemm * (dm + de) + k.weight;
     // dense: every visible (i, j) pair once (about half of them when causal, plus the diagonal blocks).
-    const double pairs = causal ? std::min(dn * dk, 0.5 * dn * (std::min(dn, dk) + 128.0)) : dn * dk;
-    const double dense = pairs * pair;
-    // fft: M·Ex real channels in M·Ex/2 complex lanes, two transforms each, plus per-point lane work.
-    const index length = fft_length_for<Backend>(n + nk - 1);
-    const double fft = std::ceil(dm * de / 2.0) * toeplitz_fft_lane_seconds<S, Backend>(length);
+    const double dense = causal ? toeplitz_causal_dense_seconds<S, Backend>(n, std::max(n, nk), m, ex) : dn * dk * pair;
+    // fft: one circulant over everything; causal: the divide and conquer of toeplitz_mix_fft.
+    const double fft = causal ? toeplitz_causal_fft_seconds<S, Backend>(n, std::max(n, nk), m, ex)
+                              : toeplitz_fft_rectangle_seconds<S, Backend>(n, nk, m, ex);
     // banded: a rectangle of R + 2T − 2 keys per row (R + T − 1 when causal) plus the far-state GEMMs
     // (state growth over the keys and Ψ_b S over the queries, once per sweep).
     const double rb = double(banded_block(t_max));
