@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 
 namespace {
 using namespace linrpe;
@@ -149,8 +150,8 @@ BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::automatic, masking::causal)-
 BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::dense, masking::causal)->Name("toeplitz_dense_causal")->Apply([](auto* b) { sweep(b, 8192, 65536); });
 BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::banded, masking::causal)->Name("toeplitz_banded_causal")->Apply([](auto* b) { sweep(b, 65536, 8192); });
 BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::fft, masking::causal)->Name("toeplitz_fft_causal")->Apply([](auto* b) {
-    for (const index t : {index(128), index(0)})
-        for (const index n : {index(4096), index(16384), index(65536)}) b->Args({n, t});
+    for (const std::int64_t t : {128, 0})
+        for (const std::int64_t n : {4096, 16384, 65536}) b->Args({n, t});
     b->Unit(benchmark::kMillisecond)->UseManualTime();
 });
 BENCHMARK(BM_causal_fft_recursion)->Name("causal_fft_recursion")->ArgsProduct({{4096, 16384, 65536}, {1024}})

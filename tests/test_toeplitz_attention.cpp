@@ -567,9 +567,20 @@ TEST_CASE("Automatic choice: banded for a short band, never the FFT for an ill-c
     const auto wide = pe.mixing_weights<float>(0, -65535, 65535);
     CHECK(detail::toeplitz_resolve<float>(toeplitz_algorithm::automatic, wide, 65536, 65536, 64, 65, 0, false) !=
           toeplitz_algorithm::fft);
-    const auto flat = positional::toeplitz_rpe<float>(1, 65536).mixing_weights<float>(0, -65535, 65535);
-    CHECK(detail::toeplitz_resolve<float>(toeplitz_algorithm::automatic, flat, 65536, 65536, 64, 65, 0, false) ==
+    // Flat b at 128k: the FFT (measured crossover with Eigen's FFT between 64k and 128k for M = E = 64).
+    const auto flat = positional::toeplitz_rpe<float>(1, 131072).mixing_weights<float>(0, -131071, 131071);
+    CHECK(detail::toeplitz_resolve<float>(toeplitz_algorithm::automatic, flat, 131072, 131072, 64, 65, 0, false) ==
           toeplitz_algorithm::fft);
+    // Causal FFT: the divide and conquer halves only triangles of at least 2·direct_rows rows; below, it is the
+    // dense algorithm, and the cost model predicts exactly the dense cost there (so automatic runs dense).
+    const index direct = detail::toeplitz_fft_direct_rows<float>(64, 65);
+    CHECK(direct >= 16);
+    const auto below = detail::toeplitz_predict<float>(2 * direct - 1, 2 * direct - 1, 64, 65, 1 << 20, true);
+    CHECK(below.fft == below.dense);
+    const auto above = detail::toeplitz_predict<float>(8 * direct, 8 * direct, 64, 65, 1 << 20, true);
+    CHECK(above.fft != above.dense);
+    // Narrow heads (M = E = 8) make the FFT cheap per pair: its crossover is far below that of M = E = 64.
+    CHECK(detail::toeplitz_fft_direct_rows<float>(8, 9) < direct);
 }
 
 // ---- composition --------------------------------------------------------------------------------------

@@ -57,18 +57,18 @@ index fft_length_for(index n)
 {
     n = std::max<index>(n, 2); // kissfft fails on length 1
     if constexpr (std::is_same<Backend, fft::eigen>::value) {
-        index best = fft_fast_length(n);
-        // Two transforms per lane plus about 4 ns per point of lane work (see toeplitz_cost.hpp).
+        // Two transforms per lane plus about 4 ns per point of lane work (see toeplitz_cost.hpp); the
+        // 5-smooth lengths in [n, 2n] are enumerated (O(log³ n) of them), the shortest of least cost wins.
         const auto cost_of = [](index l) { return double(l) * (2.0 * kissfft_point_ns(l) + 4.0); };
-        double best_cost = cost_of(best);
-        for (index l = best + 1; l <= 2 * n; ++l) {
-            index x = l;
-            for (const index p : {2, 3, 5})
-                while (x % p == 0) x /= p;
-            if (x != 1) continue;
-            const double cost = cost_of(l);
-            if (cost < best_cost) best = l, best_cost = cost;
-        }
+        index best = 0;
+        double best_cost = 0;
+        for (index p5 = 1; p5 <= 2 * n; p5 *= 5)
+            for (index p35 = p5; p35 <= 2 * n; p35 *= 3)
+                for (index l = p35; l <= 2 * n; l *= 2) {
+                    if (l < n) continue;
+                    const double cost = cost_of(l);
+                    if (best == 0 || cost < best_cost || (cost == best_cost && l < best)) best = l, best_cost = cost;
+                }
         return best;
     } else {
         return fft_fast_length(n);
