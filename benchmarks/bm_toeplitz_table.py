@@ -5,13 +5,21 @@
         --benchmark_out=bm_toeplitz.json --benchmark_out_format=json
     python3 benchmarks/bm_toeplitz_table.py bm_toeplitz.json
 
-(add --benchmark_repetitions=3 for a shared machine: the fastest repetition is used)
+(add --benchmark_repetitions=3 for a shared machine: the fastest repetition is used; --cpu tabulates CPU
+time instead of the manual wall time, the fairer measure on a loaded machine when OMP_NUM_THREADS=1;
+several JSON files may be given, later runs of a benchmark replacing earlier ones)
 """
 import json
 import sys
 from collections import defaultdict
 
-runs = json.load(open(sys.argv[1]))["benchmarks"]
+files = [a for a in sys.argv[1:] if a.endswith(".json")]
+time_key = "cpu_time" if "--cpu" in sys.argv else "real_time"
+latest = {}
+for f in files:
+    for r in json.load(open(f))["benchmarks"]:
+        latest[r["name"] + "#" + str(r.get("repetition_index", 0))] = r
+runs = list(latest.values())
 ms = defaultdict(dict)  # (label, T) -> {N: ms}
 chosen = {}
 for r in runs:
@@ -23,7 +31,7 @@ for r in runs:
     # unit: ms (kMillisecond); with --benchmark_repetitions the fastest repetition is kept (the machine is
     # shared: contention only ever adds time)
     prev = ms[(label, t)].get(n)
-    ms[(label, t)][n] = r["real_time"] if prev is None else min(prev, r["real_time"])
+    ms[(label, t)][n] = r[time_key] if prev is None else min(prev, r[time_key])
     if label in ("toeplitz_automatic", "toeplitz_automatic_causal"):
         chosen[(label, t, n)] = {1: "dense", 2: "fft", 3: "banded"}.get(int(r.get("algo", 0)), "?")
 
