@@ -348,11 +348,12 @@ TEMPLATE_TEST_CASE("Causal sum: huge biases at unused future offsets do not unde
                    "[toeplitz][numerics][shift]", float, double)
 {
     using S = TestType;
-    // b_t = 0 for t <= 0 and 200 for t > 0: a causal call sees only t <= 0, so it is plain causal linear
-    // attention. Shifting by the max over all offsets made every causal weight e^{−200} = 0 in float.
+    // b_t = 0 for t <= 0 and B for t > 0 (B = 200 in float, 1000 in double): a causal call sees only t <= 0,
+    // so it is plain causal linear attention. Shifting by the max over all offsets made every causal weight
+    // e^{−B} = 0.
     const index n = 120, d = 6, e = 4, t_max = 30;
     positional::toeplitz_rpe<S> pe(1, t_max);
-    for (index t = 1; t < t_max; ++t) pe.bias(0, t + t_max - 1) = S(200);
+    for (index t = 1; t < t_max; ++t) pe.bias(0, t + t_max - 1) = S(std::is_same<S, float>::value ? 200 : 1000);
     const row_matrix<S> q = uniform<S>(n, d, 301), k = uniform<S>(n, d, 302), v = uniform<S>(n, e, 303);
     for (const normalization norm : {normalization::sum, normalization::none, normalization::rms}) {
         options<S> opt;
