@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 
 namespace {
 using namespace linrpe;
@@ -46,7 +47,7 @@ void BM_toeplitz(benchmark::State& state)
         attn.forward(view(q), view(k), view(v), view_bhnd(out.data(), 1, 1, n, width));
         benchmark::DoNotOptimize(out.data());
     });
-    const auto chosen = detail::toeplitz_resolve<S>(Algo, attn.positional().mixing_weights<S>(0, true), n, n, width,
+    const auto chosen = detail::toeplitz_resolve<S>(Algo, attn.positional().mixing_weights<S>(0, 1 - n, Mask == masking::causal ? 0 : n - 1), n, n, width,
                                                     width + 1, 0, Mask == masking::causal);
     state.counters["algo"] = static_cast<double>(chosen); // 1 dense, 2 fft, 3 banded
     state.counters["T_max"] = static_cast<double>(t_max);
@@ -101,13 +102,31 @@ void BM_calibrate(benchmark::State& state)
     const row_matrix<S> psi = row_matrix<S>::Random(n, width).cwiseAbs(), kappa = row_matrix<S>::Random(n, width).cwiseAbs(),
                         vx = row_matrix<S>::Random(n, width + 1);
     row_matrix<S> num(n, width + 1);
-    const auto w = bias_for<S>(t_max).mixing_weights<S>(0, true);
+    const auto w = bias_for<S>(t_max).mixing_weights<S>(0, 1 - n, n - 1);
     for (auto _ : state) {
         detail::toeplitz_mix<S>(w, psi, kappa, vx, num, 0, 0, false, algo);
         benchmark::DoNotOptimize(num.data());
     }
     const auto p = detail::toeplitz_predict<S>(n, n, width, width + 1, t_max, false);
     state.counters["predicted_s"] = algo == toeplitz_algorithm::dense ? p.dense : algo == toeplitz_algorithm::fft ? p.fft : p.banded;
+}
+
+// The causal FFT's divide and conquer on its own (detail::toeplitz_mix_fft, T_max = N): args N and
+// direct_rows, the size from which rectangles go through the FFT. The cost model's direct_rows for
+// M = E = 64 is 64k (below it the causal `fft` is the dense algorithm); 1024 shows the recursion's cost.
+void BM_causal_fft_recursion(benchmark::State& state)
+{
+    using S = float;
+    const index n = state.range(0), direct = state.range(1);
+    const row_matrix<S> psi = row_matrix<S>::Random(n, width).cwiseAbs(), kappa = row_matrix<S>::Random(n, width).cwiseAbs(),
+                        vx = row_matrix<S>::Random(n, width + 1);
+    row_matrix<S> num(n, width + 1);
+    const auto w = bias_for<S>(n).mixing_weights<S>(0, 1 - n, 0);
+    for (auto _ : state)
+        state.SetIterationTime(bench::seconds_of([&] {
+            detail::toeplitz_mix_fft<S>(w, psi, kappa, vx, num, 0, 0, true, 0, 0, direct);
+            benchmark::DoNotOptimize(num.data());
+        }));
 }
 
 // N from 256 to 64k, T_max in {128, N}. The O(N^2) paths stop at 8k (dense) and 4k (reference); banded
@@ -126,6 +145,17 @@ BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::banded, masking::none)->Name
 BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::fft, masking::none)->Name("toeplitz_fft")->Apply([](auto* b) { sweep(b, 65536, 65536); });
 BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::automatic, masking::none)->Name("toeplitz_automatic")->Apply([](auto* b) { sweep(b, 65536, 65536); });
 BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::automatic, masking::causal)->Name("toeplitz_automatic_causal")->Apply([](auto* b) { sweep(b, 65536, 65536); });
+// Causal: dense to 8k (64k with T_max = N, where it competes with the FFT), banded as non-causal, and the
+// causal FFT (divide and conquer, O(N log² N)) at 4k, 16k and 64k.
+BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::dense, masking::causal)->Name("toeplitz_dense_causal")->Apply([](auto* b) { sweep(b, 8192, 65536); });
+BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::banded, masking::causal)->Name("toeplitz_banded_causal")->Apply([](auto* b) { sweep(b, 65536, 8192); });
+BENCHMARK_TEMPLATE(BM_toeplitz, toeplitz_algorithm::fft, masking::causal)->Name("toeplitz_fft_causal")->Apply([](auto* b) {
+    for (const std::int64_t t : {128, 0})
+        for (const std::int64_t n : {4096, 16384, 65536}) b->Args({n, t});
+    b->Unit(benchmark::kMillisecond)->UseManualTime();
+});
+BENCHMARK(BM_causal_fft_recursion)->Name("causal_fft_recursion")->ArgsProduct({{4096, 16384, 65536}, {1024}})
+    ->Unit(benchmark::kMillisecond)->UseManualTime();
 BENCHMARK(BM_softmax_reference)->Name("softmax_reference")->Apply([](auto* b) { sweep(b, 4096, 4096); });
 BENCHMARK(BM_calibrate)->Name("calibrate")->ArgsProduct({{1024, 4096, 8192}, {16}, {1}})->ArgsProduct({{1024, 4096, 16384, 32768}, {16}, {2}})
     ->ArgsProduct({{16384}, {8, 64, 512, 2048}, {3}})->Unit(benchmark::kMillisecond);

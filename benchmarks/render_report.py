@@ -82,6 +82,7 @@ SCALING = [
     ("bm_spe", "conv_spe/{n}/0/128/0", "convSPE W=128, non-causal"),
     ("bm_toeplitz", "toeplitz_banded/{n}/128", "Toeplitz banded, T_max=128 (1 head)"),
     ("bm_toeplitz", "toeplitz_fft/{n}/0", "Toeplitz FFT, T_max=N (1 head)"),
+    ("bm_toeplitz", "causal_fft_recursion/{n}/1024", "Toeplitz causal FFT, divide and conquer from 1024 rows (1 head)"),
     ("bm_toeplitz", "softmax_reference/{n}/0", "exact softmax + bias, O(N^2) (1 head)"),
 ]
 

@@ -11,6 +11,7 @@
 #include <linrpe.hpp>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -323,8 +324,7 @@ int main(int argc, char** argv)
     }
     {   // Toeplitz: weights c_t = exp(b_t), clipped at |t| >= T_max
         plot::series s{"c_t = exp(b_t)", {}, {30, 90, 200}};
-        const auto w = rpe.mixing_weights<double>(0, false);
-        for (index tt = -300; tt <= 300; ++tt) s.points.push_back({double(tt), w.at(tt)});
+        for (index tt = -300; tt <= 300; ++tt) s.points.push_back({double(tt), std::exp(double(rpe.offset_bias(0, tt)))});
         double top = 0;
         for (const auto& pt : s.points) top = std::max(top, pt.second);
         plot::series edge{"|t| = T_max \u2212 1 = 127", {{-127.0, 0.0}, {-127.0, top}}, {150, 150, 150}};

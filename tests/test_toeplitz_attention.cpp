@@ -8,13 +8,16 @@
 #include <linrpe/feature_maps/favor.hpp>
 #include <linrpe/linear_attention.hpp>
 #include <linrpe/positional/compose.hpp>
+#include <linrpe/positional/lrpe.hpp>
 #include <linrpe/positional/none.hpp>
+#include <linrpe/positional/sine_spe.hpp>
 #include <linrpe/positional/toeplitz_rpe.hpp>
 #include <linrpe/reference/kernel_attention.hpp>
 #include <linrpe/reference/softmax_attention.hpp>
 
 #include <catch2/catch.hpp>
 
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -149,33 +152,139 @@ TEMPLATE_TEST_CASE("Geometric causal bias equals the decayed recurrence", "[toep
     }
 }
 
-TEMPLATE_TEST_CASE("Causal Toeplitz attention does not leak the future", "[toeplitz][causal]", float, double)
+// Extra summation depth of the FFT algorithm for test::error_bound (as in test_compose.cpp): its rounding is
+// ≈ u·log2 L per transform pair and grows like √(N + Nk) in the contraction, so 4·log2 L·√(N + Nk) terms.
+index fft_terms(index n, index nk) { return index(4.0 * std::log2(double(2 * (n + nk))) * std::sqrt(double(n + nk))); }
+
+// ---- causality: no future input enters a past output, bit for bit ---------------------------------------
+
+TEMPLATE_TEST_CASE("Causal Toeplitz attention: past outputs are bit-identical whatever the future holds",
+                   "[toeplitz][causal][leak]", float, double)
 {
     using S = TestType;
     const index n = 300, d = 8, e = 5, t = 137;
     const index t_max = GENERATE(4, 64, 1000);
-    const row_matrix<S> q = uniform<S>(n, d, 31), k = uniform<S>(n, d, 32), v = uniform<S>(n, e, 33);
-    row_matrix<S> q2 = q, k2 = k, v2 = v;
-    q2.bottomRows(n - t - 1) = uniform<S>(n - t - 1, d, 34);
-    k2.bottomRows(n - t - 1) = uniform<S>(n - t - 1, d, 35, -3.0, 3.0);
-    v2.bottomRows(n - t - 1) = uniform<S>(n - t - 1, e, 36, -3.0, 3.0);
+    const normalization norm = GENERATE(normalization::sum, normalization::none, normalization::rms);
+    for (const toeplitz_algorithm algo : all_algorithms) {
+        options<S> opt;
+        opt.mask = masking::causal;
+        opt.norm = norm;
+        opt.toeplitz = algo;
+        const elu_toeplitz<S> attn({}, random_rpe<S>(1, t_max, 37), opt);
+        CAPTURE(name_of(algo), t_max, int(norm));
+        check_no_leak<S>([&](const auto& q, const auto& k, const auto& v) { return attn(q, k, v, 0, 9); }, n, d, e, t);
+    }
+}
+
+TEMPLATE_TEST_CASE("Causal banded by segments (parallel and serial) does not leak the future", "[toeplitz][causal][leak]",
+                   float, double)
+{
+    using S = TestType;
+    const index n = 300, d = 6, e = 4, t = 137, heads = 8;
+    options<S> opt;
+    opt.mask = masking::causal;
+    opt.toeplitz = toeplitz_algorithm::banded;
+    opt.segment_rows = 64; // 5 segments of 64 rows
+    const index t_max = GENERATE(4, 64, 1000);
+    const elu_toeplitz<S> attn({}, random_rpe<S>(heads, t_max, 38), opt);
+    // One head in a call: the segments run in parallel (each from its own far state).
+    CHECK(check_no_leak<S>([&](const auto& q, const auto& k, const auto& v) { return attn(q, k, v, 3, 2); }, n, d, e, t) > 0);
+    // Eight heads (B, N, H, D): whole heads take the threads and the segments of each run in order.
+    const auto batched = [&](const row_matrix<S>& q, const row_matrix<S>& k, const row_matrix<S>& v) {
+        row_matrix<S> out(n, heads * e);
+        attn.forward(view_bnhd<const S>(q.data(), 1, n, heads, d), view_bnhd<const S>(k.data(), 1, n, heads, d),
+                     view_bnhd<const S>(v.data(), 1, n, heads, e), view_bnhd(out.data(), 1, n, heads, e), 2);
+        return out;
+    };
+    CHECK(check_no_leak<S>(batched, n, heads * d, heads * e, t) > 0);
+}
+
+TEMPLATE_TEST_CASE("SPE + Toeplitz and LRPE + Toeplitz do not leak the future", "[toeplitz][causal][leak][compose]",
+                   float, double)
+{
+    using S = TestType;
+    const index n = 300, d = 6, e = 4, t = 137;
+    int checked = 0;
     for (const toeplitz_algorithm algo : all_algorithms) {
         options<S> opt;
         opt.mask = masking::causal;
         opt.toeplitz = algo;
-        const elu_toeplitz<S> attn({}, random_rpe<S>(1, t_max, 37), opt);
-        const row_matrix<S> a = attn(q, k, v, 0, 9), b = attn(q2, k2, v2, 0, 9);
-        CAPTURE(name_of(algo), t_max);
-        if (algo == toeplitz_algorithm::dense || algo == toeplitz_algorithm::banded) {
-            CHECK((a.topRows(t + 1).array() == b.topRows(t + 1).array()).all());
-        } else {
-            // FFT: every output is a rounding-level function of all inputs, but within rounding of the
-            // exact causal result (which ignores rows > t): the attention bound, on the rows <= t.
-            const row_matrix<double> ref = exact(attn, q, k, v, 0, 9, 9);
-            const double err = rel_err(b.topRows(t + 1), ref.topRows(t + 1)), tol = attention_bound(eps<S>(), n, n, d);
-            CAPTURE(err, tol);
-            CHECK(err <= tol);
+        CAPTURE(name_of(algo));
+        {
+            using pe_t = positional::compose<positional::sine_spe<S>, positional::toeplitz_rpe<S>>;
+            const linear_attention<feature_maps::elu_plus_one, pe_t, S> attn(
+                {}, pe_t(positional::sine_spe<S>(2, d, 3, 16, 7, true), random_rpe<S>(2, 40, 39)), opt);
+            checked += check_no_leak<S>([&](const auto& q, const auto& k, const auto& v) { return attn(q, k, v, 1, 5); }, n, d, e, t);
         }
+        {
+            options<S> rms = opt;
+            rms.norm = normalization::rms; // LRPE scores are signed
+            using pe_t = positional::compose<positional::lrpe<S>, positional::toeplitz_rpe<S>>;
+            const linear_attention<feature_maps::elu_plus_one, pe_t, S> attn(
+                {}, pe_t(positional::lrpe<S>::rope(d, 2), random_rpe<S>(2, 40, 40)), rms);
+            checked += check_no_leak<S>([&](const auto& q, const auto& k, const auto& v) { return attn(q, k, v, 1, 5); }, n, d, e, t);
+        }
+    }
+    REQUIRE(checked == 2 * int(std::size(all_algorithms)) * 4 * int(poisons<S>().size()));
+}
+
+TEST_CASE("Causal FFT: future values of 1e6 leave the output at position 0 unchanged (N = 64, T_max = 8)",
+          "[toeplitz][causal][fft][leak]")
+{
+    // The reproducer of the issue: one circulant over the sequence gave 0.103 at position 0 with the
+    // original future and −1.58 with future values of 1e6.
+    const index n = 64, d = 8, e = 4, t_max = 8;
+    options<float> opt;
+    opt.mask = masking::causal;
+    opt.toeplitz = toeplitz_algorithm::fft;
+    const elu_toeplitz<float> attn({}, random_rpe<float>(1, t_max, 41), opt);
+    const row_matrix<float> q = uniform<float>(n, d, 42), k = uniform<float>(n, d, 43), v = uniform<float>(n, e, 44);
+    row_matrix<float> v2 = v, k2 = k;
+    v2.bottomRows(n - 1).setConstant(1e6f);
+    k2.bottomRows(n - 1).setConstant(1e6f);
+    const row_matrix<float> a = attn(q, k, v), b = attn(q, k2, v2);
+    CAPTURE(a(0, 0), b(0, 0));
+    CHECK(test::bit_identical(row_matrix<float>(a.topRows(1)), row_matrix<float>(b.topRows(1))));
+}
+
+TEMPLATE_TEST_CASE("Causal FFT divide and conquer: equals the exact product, and does not leak", "[toeplitz][causal][fft]",
+                   float, double)
+{
+    using S = TestType;
+    const index n = GENERATE(1, 7, 64, 300, 1000);
+    const index direct = GENERATE(1, 4, 64); // rectangles from this many rows on go through the FFT
+    const index history = GENERATE(0, 37);  // keys before the queries, visible to all (a decoder call)
+    const index nk = n + history, m = 5, ex = 3, q_first = 50, k_first = q_first - history;
+    const auto w = random_weights<S>(400, 205);
+    const row_matrix<S> psi = uniform<S>(n, m, 206, 0.0, 1.0), kappa = uniform<S>(nk, m, 207, 0.0, 1.0);
+    const row_matrix<S> vx = uniform<S>(nk, ex, 208);
+    const auto mix = [&](const row_matrix<S>& p, const row_matrix<S>& k, const row_matrix<S>& v) {
+        row_matrix<S> num(n, ex);
+        detail::toeplitz_mix_fft<S>(w, p, k, v, num, q_first, k_first, true, 0, 1, direct);
+        return num;
+    };
+    const row_matrix<S> num = mix(psi, kappa, vx);
+    const row_matrix<double> psi_d = psi.template cast<double>(), kappa_d = kappa.template cast<double>(),
+                             vx_d = vx.template cast<double>();
+    const row_matrix<double> c = explicit_toeplitz(w, n, nk, k_first - q_first, true);
+    const row_matrix<double> ref = ((psi_d * kappa_d.transpose()).array() * c.array()).matrix() * vx_d;
+    // Each output sums dense parts and FFT rectangles (at most one per recursion level, ≤ log2 N of them),
+    // each within the FFT's summation depth: fft_terms covers the longest, log2 N + 4 the additions.
+    const double bound = test::error_bound(psi_d, kappa_d, c, vx_d, normalization::none, 0.0, test::unit_roundoff<S>(),
+                                           m + nk + fft_terms(n, nk) + index(std::log2(double(n + 1))) + 4);
+    const double err = test::abs_error(num, ref);
+    CAPTURE(n, direct, history, err, bound);
+    CHECK(err <= bound);
+    // Future rows (queries after t and their keys) set to NaN / inf: rows <= t keep every bit.
+    const index t = n / 2;
+    for (const S poison : poisons<S>()) {
+        row_matrix<S> p2 = psi, k2 = kappa, v2 = vx;
+        p2.bottomRows(n - t - 1).setConstant(poison);
+        k2.bottomRows(n - t - 1).setConstant(poison);
+        v2.bottomRows(n - t - 1).setConstant(poison);
+        const row_matrix<S> out = mix(p2, k2, v2);
+        CAPTURE(double(poison));
+        CHECK(test::bit_identical(row_matrix<S>(out.topRows(t + 1)), row_matrix<S>(num.topRows(t + 1))));
     }
 }
 
@@ -230,6 +339,78 @@ TEMPLATE_TEST_CASE("Extreme biases give finite outputs and positive denominators
             const row_matrix<double> ref = exact(attn, q, k, v, 0, 0, 0);
             const double err = rel_err(out, ref), tol = attention_bound(eps<S>(), n, n, d);
             CAPTURE(err, tol);
+            CHECK(err <= tol);
+        }
+    }
+}
+
+TEMPLATE_TEST_CASE("Causal sum: huge biases at unused future offsets do not underflow the weights",
+                   "[toeplitz][numerics][shift]", float, double)
+{
+    using S = TestType;
+    // b_t = 0 for t <= 0 and B for t > 0 (B = 200 in float, 1000 in double): a causal call sees only t <= 0,
+    // so it is plain causal linear attention. Shifting by the max over all offsets made every causal weight
+    // e^{−B} = 0.
+    const index n = 120, d = 6, e = 4, t_max = 30;
+    positional::toeplitz_rpe<S> pe(1, t_max);
+    for (index t = 1; t < t_max; ++t) pe.bias(0, t + t_max - 1) = S(std::is_same<S, float>::value ? 200 : 1000);
+    const row_matrix<S> q = uniform<S>(n, d, 301), k = uniform<S>(n, d, 302), v = uniform<S>(n, e, 303);
+    for (const normalization norm : {normalization::sum, normalization::none, normalization::rms}) {
+        options<S> opt;
+        opt.mask = masking::causal;
+        opt.norm = norm;
+        const linear_attention<feature_maps::elu_plus_one, positional::none, S> plain({}, {}, opt);
+        const row_matrix<S> expected = plain(q, k, v);
+        for (const toeplitz_algorithm algo : all_algorithms) {
+            opt.toeplitz = algo;
+            const elu_toeplitz<S> attn({}, pe, opt);
+            // The same sums in different orders: attention_bound for each against the exact value.
+            const double err = rel_err(attn(q, k, v), expected), tol = 2.0 * attention_bound(eps<S>(), n, n, d);
+            CAPTURE(name_of(algo), int(norm), err, tol);
+            CHECK(err <= tol);
+        }
+    }
+}
+
+TEMPLATE_TEST_CASE("none and rms: biases beyond the exponent range give the finite exact result",
+                   "[toeplitz][numerics][shift]", float, double)
+{
+    using S = TestType;
+    // b = B + r_t with e^B beyond the range of S (B = 100 in float, 800 in double), r_t in [−1, 1].
+    // rms: out = num_r / sqrt(mean num_r² + eps·e^{−2B}) with num_r the numerator of the weights e^{r};
+    // none: out = e^B num_r, representable because the values are scaled by 1e-30 (float) / 1e-300 (double).
+    const bool is_float = std::is_same<S, float>::value;
+    const double big = is_float ? 100.0 : 800.0, small = is_float ? 1e-30 : 1e-300;
+    const index n = 150, nk = 157, d = 6, e = 4, t_max = 40;
+    const bool causal = GENERATE(false, true);
+    positional::toeplitz_rpe<S> pe(1, t_max), ripple(1, t_max);
+    ripple.bias = uniform<S>(1, 2 * t_max - 1, 311);
+    pe.bias = (ripple.bias.array() + S(big)).matrix();
+    const index kn = causal ? n : nk, q_first = 4, k_first = causal ? 4 : 9;
+    const row_matrix<S> q = uniform<S>(n, d, 312), k = uniform<S>(kn, d, 313), u = uniform<S>(kn, e, 314);
+    const row_matrix<S> v_small = (u.array() * S(small)).matrix();
+    for (const normalization norm : {normalization::none, normalization::rms}) {
+        for (const toeplitz_algorithm algo : all_algorithms) {
+            options<S> opt;
+            opt.mask = causal ? masking::causal : masking::none;
+            opt.norm = norm;
+            opt.toeplitz = algo;
+            const elu_toeplitz<S> attn({}, pe, opt), reference_attn({}, ripple, opt);
+            const row_matrix<S> psi = attn.features(q, role::query, 0, q_first), kappa = attn.features(k, role::key, 0, k_first);
+            // Weights e^{r} of the ripple alone, in double (reference_attn's W: its max |r| <= 1 cannot overflow).
+            const row_matrix<double> w = reference_attn.mixing_matrix(n, kn, 0, q_first, k_first).template cast<double>();
+            row_matrix<S> out(n, e);
+            row_matrix<double> ref;
+            if (norm == normalization::none) {
+                attn.forward(q, k, v_small, out, 0, q_first, k_first);
+                ref = reference::kernel_attention(psi, kappa, u, w, norm, 0.0) * std::exp(big + std::log(small));
+            } else {
+                attn.forward(q, k, u, out, 0, q_first, k_first);
+                ref = reference::kernel_attention(psi, kappa, u, w, norm, double(opt.eps) * std::exp(-2.0 * big));
+            }
+            const double err = rel_err(out, ref), tol = attention_bound(eps<S>(), n, kn, d);
+            CAPTURE(name_of(algo), causal, int(norm), err, tol);
+            CHECK(out.allFinite());
             CHECK(err <= tol);
         }
     }
@@ -332,9 +513,6 @@ TEMPLATE_TEST_CASE("Batched views equal per-head calls", "[toeplitz][batched]", 
         }
 }
 
-// Extra summation depth of the FFT algorithm for test::error_bound (as in test_compose.cpp): its rounding is
-// ≈ u·log2 L per transform pair and grows like √(N + Nk) in the contraction, so 4·log2 L·√(N + Nk) terms.
-index fft_terms(index n, index nk) { return index(4.0 * std::log2(double(2 * (n + nk))) * std::sqrt(double(n + nk))); }
 
 TEMPLATE_TEST_CASE("FFT mixer of one head is bit-identical for 1, 2 and 3 threads and within the bound",
                    "[toeplitz][fft][threads]", float, double)
@@ -387,12 +565,23 @@ TEST_CASE("Automatic choice: banded for a short band, never the FFT for an ill-c
     // b spanning ±50 over T_max = N: κ ≈ e^50, so the FFT is refused whatever it would cost.
     positional::toeplitz_rpe<float> pe(1, 65536);
     for (index t = -65535; t < 65536; ++t) pe.bias(0, t + 65535) = 50.f * float(t) / 65535.f;
-    const auto wide = pe.mixing_weights<float>(0, true);
+    const auto wide = pe.mixing_weights<float>(0, -65535, 65535);
     CHECK(detail::toeplitz_resolve<float>(toeplitz_algorithm::automatic, wide, 65536, 65536, 64, 65, 0, false) !=
           toeplitz_algorithm::fft);
-    const auto flat = positional::toeplitz_rpe<float>(1, 65536).mixing_weights<float>(0, true);
-    CHECK(detail::toeplitz_resolve<float>(toeplitz_algorithm::automatic, flat, 65536, 65536, 64, 65, 0, false) ==
+    // Flat b at 128k: the FFT (measured crossover with Eigen's FFT between 64k and 128k for M = E = 64).
+    const auto flat = positional::toeplitz_rpe<float>(1, 131072).mixing_weights<float>(0, -131071, 131071);
+    CHECK(detail::toeplitz_resolve<float>(toeplitz_algorithm::automatic, flat, 131072, 131072, 64, 65, 0, false) ==
           toeplitz_algorithm::fft);
+    // Causal FFT: the divide and conquer halves only triangles of at least 2·direct_rows rows; below, it is the
+    // dense algorithm, and the cost model predicts exactly the dense cost there (so automatic runs dense).
+    const index direct = detail::toeplitz_fft_direct_rows<float>(64, 65);
+    CHECK(direct >= 16);
+    const auto below = detail::toeplitz_predict<float>(2 * direct - 1, 2 * direct - 1, 64, 65, 1 << 20, true);
+    CHECK(below.fft == below.dense);
+    const auto above = detail::toeplitz_predict<float>(8 * direct, 8 * direct, 64, 65, 1 << 20, true);
+    CHECK(above.fft != above.dense);
+    // Narrow heads (M = E = 8) make the FFT cheap per pair: its crossover is far below that of M = E = 64.
+    CHECK(detail::toeplitz_fft_direct_rows<float>(8, 9) < direct);
 }
 
 // ---- composition --------------------------------------------------------------------------------------

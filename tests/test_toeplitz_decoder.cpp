@@ -106,3 +106,50 @@ TEMPLATE_TEST_CASE("Toeplitz decoder: single-sequence steps, reset, compose", "[
 }
 
 } // namespace
+
+namespace {
+using namespace linrpe;
+using linrpe::index;
+using namespace toeplitz_test;
+
+TEMPLATE_TEST_CASE("Toeplitz decoder: past outputs of prefills and steps are bit-identical whatever the future holds",
+                   "[toeplitz][decoder][causal][leak]", float, double)
+{
+    using S = TestType;
+    const index n = 300, d = 6, e = 4;
+    const index t_max = GENERATE(7, 500); // a far state, and the whole history kept
+    const normalization norm = GENERATE(normalization::sum, normalization::none, normalization::rms);
+    for (const toeplitz_algorithm algo : {toeplitz_algorithm::automatic, toeplitz_algorithm::dense, toeplitz_algorithm::fft,
+                                          toeplitz_algorithm::banded}) {
+        options<S> opt;
+        opt.mask = masking::causal;
+        opt.toeplitz = algo;
+        opt.norm = norm;
+        positional::toeplitz_rpe<S> pe(1, t_max);
+        pe.bias = uniform<S>(1, 2 * t_max - 1, 21 + t_max);
+        const elu_toeplitz<S> attn({}, pe, opt);
+        // Prefills of 100 and 150 tokens (the second with history), then single steps.
+        const auto decode = [&](const row_matrix<S>& q, const row_matrix<S>& k, const row_matrix<S>& v) {
+            auto dec = attn.decoder();
+            row_matrix<S> out(n, e);
+            index t = 0;
+            for (const index chunk : {index(100), index(150)}) {
+                row_matrix<S> o(chunk, e);
+                dec.prefill(q.middleRows(t, chunk), k.middleRows(t, chunk), v.middleRows(t, chunk), o);
+                out.middleRows(t, chunk) = o;
+                t += chunk;
+            }
+            for (row_matrix<S> o(1, e); t < n; ++t) {
+                dec.step(q.row(t), k.row(t), v.row(t), o);
+                out.row(t) = o;
+            }
+            return out;
+        };
+        CAPTURE(t_max, int(norm), int(algo));
+        // t inside the first prefill and inside the second (future tokens in the same call as t); the
+        // steps after them see no future at all.
+        for (const index t : {index(40), index(137)}) CHECK(check_no_leak<S>(decode, n, d, e, t) > 0);
+    }
+}
+
+} // namespace

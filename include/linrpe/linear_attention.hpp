@@ -52,7 +52,7 @@ class linear_attention {
     static_assert(detail::is_positional_encoding_v<PositionalEncoding, Scalar>,
                   "PositionalEncoding must provide `has_pre_feature`, `has_post_feature`, `has_mixing`, "
                   "`bool preserves_positivity(index) const`, and the hooks of every stage it declares: "
-                  "pre_output_dim/encode_pre, post_output_dim/encode_post, mixing_weights<S>(head, bool).");
+                  "pre_output_dim/encode_pre, post_output_dim/encode_post, mixing_weights<S>(head, t_first, t_last).");
 
 public:
     using feature_map_type = FeatureMap;
@@ -165,15 +165,19 @@ public:
         return encode(x, which, head, first_position);
     }
 
-    /// \brief The explicit mixing weights W (N, Nk) that forward() applies: the causal mask and, for a
-    /// sequence-mixing encoding, c_{j−i} (shifted by max b where `sum` lets the factor cancel).
+    /// \brief The explicit mixing weights W (N, Nk) that forward() applies to a call of `rows` queries from
+    /// q_first and `cols` keys from k_first: the causal mask and, for a sequence-mixing encoding, c_{j−i} =
+    /// exp(b_{j−i}) exactly. forward() reaches the same result through a shift (so it stays finite where an
+    /// entry of W overflows Scalar).
     matrix mixing_matrix(index rows, index cols, index head = 0, index q_first = 0, index k_first = 0) const
     {
         matrix w = matrix::Ones(rows, cols);
         if constexpr (PositionalEncoding::has_mixing) {
-            const auto c = m_pe.template mixing_weights<Scalar>(head, common_factor_cancels());
+            const auto c = call_weights(head, rows, cols, q_first, k_first, false);
+            const long double scale = std::exp(static_cast<long double>(c.shift));
             for (index i = 0; i < rows; ++i)
-                for (index j = 0; j < cols; ++j) w(i, j) = c.at((k_first + j) - (q_first + i));
+                for (index j = 0; j < cols; ++j)
+                    w(i, j) = static_cast<Scalar>(static_cast<long double>(c.at((k_first + j) - (q_first + i))) * scale);
         }
         if (m_opt.mask == masking::causal)
             for (index i = 0; i < rows; ++i)
@@ -195,7 +199,14 @@ private:
     using causal_stream = detail::causal_state<Scalar>;
     using stream_state = std::conditional_t<PositionalEncoding::has_mixing, detail::toeplitz_stream<Scalar>, causal_stream>;
 
-    bool common_factor_cancels() const { return m_opt.norm == normalization::sum; }
+    // The encoding's weights for one call, shifted by the max b over the offsets it can see.
+    template <class P = PositionalEncoding, std::enable_if_t<P::has_mixing, int> = 0>
+    auto call_weights(index head, index n, index nk, index q_first, index k_first, bool streaming) const
+    {
+        const auto [first, last] =
+            detail::visible_offsets(n, nk, q_first, k_first, m_opt.mask == masking::causal, streaming);
+        return m_pe.template mixing_weights<Scalar>(head, first, last);
+    }
 
     static void validate_options(const options_type& opt)
     {
@@ -347,7 +358,11 @@ private:
                 detail::noncausal_forward<Scalar>(q, k, v, out, q_first, k_first, setup(q.cols()), *ws,
                                                   encoder_into(head), normalizer());
         } else {
-            const auto w = m_pe.template mixing_weights<Scalar>(head, common_factor_cancels());
+            const auto w = call_weights(head, q.rows(), k.rows(), q_first, k_first, state != nullptr);
+            // Kernels run with c = e^{−shift}·(true weights); the normalization folds e^{shift} back.
+            const auto fold = [this, shift = w.shift](ref o, const vector<Scalar>* den) {
+                detail::toeplitz_normalize<Scalar>(o, den, m_opt.norm, m_opt.eps, shift);
+            };
             const index ex = v.cols() + (m_opt.norm == normalization::sum ? 1 : 0);
             // Resolved once here (O(N + Nk) for `automatic`) and passed down forced, so toeplitz_mix does not
             // evaluate the cost model a second time.
@@ -358,7 +373,7 @@ private:
             if (!state && k.rows() > 0 && algo == toeplitz_algorithm::banded) {
                 detail::toeplitz_segments_forward<Scalar>(q, k, v, out, q_first, k_first, w, causal,
                                                           splits_sequence(call_heads, q.rows()), setup(q.cols()),
-                                                          encoder(head), normalizer());
+                                                          encoder(head), fold);
                 return;
             }
             const index n = q.rows(), nk = k.rows(), e = v.cols();
@@ -374,7 +389,7 @@ private:
             else detail::toeplitz_mix<Scalar>(w, psi, kappa, vx, num, q_first, k_first, causal, algo, m_opt.threads);
             out = num.leftCols(e);
             vector<Scalar> den = with_den ? vector<Scalar>(num.col(e)) : vector<Scalar>();
-            normalize(out, with_den ? &den : nullptr);
+            fold(out, with_den ? &den : nullptr);
         }
     }
 

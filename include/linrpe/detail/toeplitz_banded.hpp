@@ -6,6 +6,7 @@
 
 #include "../types.hpp"
 #include "relative_weights.hpp"
+#include "toeplitz_dense.hpp"
 
 #include <Eigen/Core>
 
@@ -40,8 +41,9 @@ inline std::pair<index, index> banded_rectangle(index r0, index rows, index delt
 ///
 /// with S_behind(lo) = Σ_{j<lo} κ_j vx_jᵀ grown in a forward sweep and S_ahead(hi) = Σ_{j>=hi} κ_j vx_jᵀ in a
 /// backward sweep (no subtraction, so no cancellation). O(N·((R + 2T_max)·(M + Ex) + 4·M·Ex)) time,
-/// O(R·(R + 2T_max) + M·Ex) extra memory. Causal rows never read a later key: outputs up to i are
-/// bit-identical whatever later (finite) tokens hold. Equals the dense and FFT algorithms to rounding.
+/// O(R·(R + 2T_max) + M·Ex) extra memory. Causal rows never read a later key or value, not even times 0:
+/// outputs up to i are bit-identical whatever later tokens hold (NaN and inf included). Equals the dense
+/// and FFT algorithms to rounding.
 ///
 /// `kappa`, `vx` may be a window of a longer key sequence: `behind` then holds Σ κ_j vx_jᵀ (M, Ex) over the
 /// keys before the window and `ahead` over the keys after it (non-causal), so that the rows of `psi` see
@@ -75,15 +77,12 @@ void toeplitz_mix_banded(const relative_weights<S>& w, const Eigen::Ref<const ro
         const auto [lo, hi] = rect(r0, rows);
         const auto psi_b = psi.middleRows(r0, rows); // (rows, M)
         auto num_b = num.middleRows(r0, rows);       // (rows, Ex)
-        if (hi > lo) {
-            const index cols = hi - lo;
-            scores.noalias() = psi_b * kappa.middleRows(lo, cols).transpose(); // (rows, cols)
-            for (index i = 0; i < rows; ++i)
-                scores.row(i).array() *= table.segment(lo - (r0 + i) + delta - t_lo, cols).transpose().array();
-            num_b.noalias() = scores * vx.middleRows(lo, cols);
-        } else {
-            num_b.setZero();
-        }
+        num_b.setZero();
+        // Causal: keys [lo, r0 − delta) are visible to every row of the block, the rest form a triangle
+        // (no future key or value enters a row's arithmetic, see add_weighted_triangle).
+        const index full = causal ? std::clamp<index>(r0 - delta, lo, hi) : hi;
+        add_weighted_rectangle<S>(psi, kappa, vx, table, delta - t_lo, r0, rows, lo, full - lo, num, scores);
+        if (causal && hi > lo) add_weighted_triangle<S>(psi, kappa, vx, table, delta - t_lo, r0, rows, r0 - delta, num, scores);
         if (lo > behind_end) {
             state.noalias() += kappa.middleRows(behind_end, lo - behind_end).transpose() * vx.middleRows(behind_end, lo - behind_end);
             behind_end = lo;

@@ -1,7 +1,8 @@
 #pragma once
 // IWYU pragma: private
 /// \file
-/// \brief Toeplitz mixing, dense algorithm: the weighted N × Nk score matrix, one row block at a time.
+/// \brief Toeplitz mixing, dense algorithm: the weighted N × Nk score matrix, one row block at a time, and
+/// the weighted rectangle / causal triangle blocks that the banded and FFT algorithms share.
 
 #include "../types.hpp"
 #include "parallel.hpp"
@@ -14,13 +15,63 @@
 namespace linrpe {
 namespace detail {
 
+/// \brief num rows [r0, r0 + rows) += ((Ψ_r Κ_cᵀ) ⊙ W) Vx_c over the keys c = [c0, c0 + cols), with
+/// W(i, j) = table[j − i + off]: one score GEMM, a vector multiply per row, one GEMM with Vx. Every key of
+/// the rectangle must be visible to every row (no mask is applied). `scores` is scratch.
+template <class S>
+void add_weighted_rectangle(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen::Ref<const row_matrix<S>>& kappa,
+                            const Eigen::Ref<const row_matrix<S>>& vx, const vector<S>& table, index off, index r0,
+                            index rows, index c0, index cols, Eigen::Ref<row_matrix<S>> num, row_matrix<S>& scores)
+{
+    if (rows <= 0 || cols <= 0) return;
+    scores.noalias() = psi.middleRows(r0, rows) * kappa.middleRows(c0, cols).transpose(); // (rows, cols)
+    for (index i = 0; i < rows; ++i)
+        scores.row(i).array() *= table.segment(c0 - (r0 + i) + off, cols).transpose().array();
+    num.middleRows(r0, rows).noalias() += scores * vx.middleRows(c0, cols); // (rows, Ex)
+}
+
+/// Rows below which a causal triangle is summed row by row (a GEMV over exactly the visible keys).
+constexpr index triangle_direct_rows = 16;
+
+/// \brief The causal triangle: row r0 + a gets Σ over keys j in [c0, c0 + a] ∩ [0, Nk) of
+/// W(i, j) ⟨ψ_i, κ_j⟩ vx_j, W as in add_weighted_rectangle.
+///
+/// No key later than a row's last visible one enters that row's arithmetic, not even multiplied by 0
+/// (0·NaN = NaN, 0·inf = NaN): the triangle is halved recursively into two triangles and the rectangle
+/// between them (a GEMM, all visible), down to triangle_direct_rows rows summed key by visible key.
+/// About rows²/2 pairs, all but O(rows·16) of them in GEMMs.
+template <class S>
+void add_weighted_triangle(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen::Ref<const row_matrix<S>>& kappa,
+                           const Eigen::Ref<const row_matrix<S>>& vx, const vector<S>& table, index off, index r0,
+                           index rows, index c0, Eigen::Ref<row_matrix<S>> num, row_matrix<S>& scores)
+{
+    const index nk = kappa.rows();
+    if (rows <= 0 || c0 >= nk) return;
+    if (rows <= triangle_direct_rows) {
+        for (index a = 0; a < rows; ++a) {
+            const index i = r0 + a, ja = std::max<index>(c0, 0), jb = std::min(c0 + a + 1, nk);
+            if (jb <= ja) continue;
+            vector<S> s = kappa.middleRows(ja, jb - ja) * psi.row(i).transpose(); // (keys)
+            s.array() *= table.segment(ja - i + off, jb - ja).array();
+            num.row(i).noalias() += s.transpose() * vx.middleRows(ja, jb - ja);
+        }
+        return;
+    }
+    const index h = rows / 2;
+    add_weighted_triangle<S>(psi, kappa, vx, table, off, r0, h, c0, num, scores);
+    const index ja = std::max<index>(c0, 0), jb = std::min(c0 + h, nk);
+    add_weighted_rectangle<S>(psi, kappa, vx, table, off, r0 + h, rows - h, ja, jb - ja, num, scores);
+    add_weighted_triangle<S>(psi, kappa, vx, table, off, r0 + h, rows - h, c0 + h, num, scores);
+}
+
 /// \brief num = ((Ψ Κᵀ) ⊙ W) Vx with W_ij = c_{(k0+j)−(q0+i)} (0 for a future key when causal).
 ///
 /// Row blocks of `block` queries and column tiles of 1024 keys: one GEMM for the scores, a vector multiply
 /// per row by a segment of the offset table, one GEMM with Vx. O(N·Nk·(M + Ex)) time (half when causal),
 /// O(threads·block·1024) extra memory. Row blocks run in parallel.
-/// A causal block never forms columns beyond its last visible key, and the visible future keys inside
-/// the block are multiplied by exactly 0: outputs up to i do not depend on later (finite) tokens.
+/// Causal: a block takes the keys visible to all its rows as rectangles and the rest as a causal triangle
+/// (add_weighted_triangle), so a future key or value never enters a past output's arithmetic: outputs up
+/// to i are bit-identical whatever later tokens hold (NaN and inf included).
 template <class S>
 void toeplitz_mix_dense(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& psi,
                         const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& vx,
@@ -43,17 +94,12 @@ void toeplitz_mix_dense(const relative_weights<S>& w, const Eigen::Ref<const row
     parallel_for((n + block - 1) / block, threads, [&](index b) {
         const index r0 = b * block, rows = std::min(block, n - r0);
         row_matrix<S> scores;
-        const index cols = causal ? std::clamp<index>(r0 + rows - delta, 0, nk) : nk;
-        auto num_b = num.middleRows(r0, rows); // (rows, Ex)
-        num_b.setZero();
-        const auto psi_b = psi.middleRows(r0, rows); // (rows, M)
-        for (index c0 = 0; c0 < cols; c0 += tile) {
-            const index width = std::min(tile, cols - c0);
-            scores.noalias() = psi_b * kappa.middleRows(c0, width).transpose(); // (rows, width)
-            for (index i = 0; i < rows; ++i)
-                scores.row(i).array() *= table.segment(c0 + n - 1 - (r0 + i), width).transpose().array();
-            num_b.noalias() += scores * vx.middleRows(c0, width);
-        }
+        num.middleRows(r0, rows).setZero();
+        // Row r0 + a sees keys j <= r0 + a − delta: [0, r0 − delta) for every row, then a triangle.
+        const index full = causal ? std::clamp<index>(r0 - delta, 0, nk) : nk;
+        for (index c0 = 0; c0 < full; c0 += tile)
+            add_weighted_rectangle<S>(psi, kappa, vx, table, n - 1, r0, rows, c0, std::min(tile, full - c0), num, scores);
+        if (causal) add_weighted_triangle<S>(psi, kappa, vx, table, n - 1, r0, rows, r0 - delta, num, scores);
     });
 }
 

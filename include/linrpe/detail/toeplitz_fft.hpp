@@ -7,6 +7,7 @@
 #include "../types.hpp"
 #include "parallel.hpp"
 #include "relative_weights.hpp"
+#include "toeplitz_dense.hpp"
 
 #include <Eigen/Core>
 
@@ -56,18 +57,18 @@ index fft_length_for(index n)
 {
     n = std::max<index>(n, 2); // kissfft fails on length 1
     if constexpr (std::is_same<Backend, fft::eigen>::value) {
-        index best = fft_fast_length(n);
-        // Two transforms per lane plus about 4 ns per point of lane work (see toeplitz_cost.hpp).
+        // Two transforms per lane plus about 4 ns per point of lane work (see toeplitz_cost.hpp); the
+        // 5-smooth lengths in [n, 2n] are enumerated (O(log³ n) of them), the shortest of least cost wins.
         const auto cost_of = [](index l) { return double(l) * (2.0 * kissfft_point_ns(l) + 4.0); };
-        double best_cost = cost_of(best);
-        for (index l = best + 1; l <= 2 * n; ++l) {
-            index x = l;
-            for (const index p : {2, 3, 5})
-                while (x % p == 0) x /= p;
-            if (x != 1) continue;
-            const double cost = cost_of(l);
-            if (cost < best_cost) best = l, best_cost = cost;
-        }
+        index best = 0;
+        double best_cost = 0;
+        for (index p5 = 1; p5 <= 2 * n; p5 *= 5)
+            for (index p35 = p5; p35 <= 2 * n; p35 *= 3)
+                for (index l = p35; l <= 2 * n; l *= 2) {
+                    if (l < n) continue;
+                    const double cost = cost_of(l);
+                    if (best == 0 || cost < best_cost || (cost == best_cost && l < best)) best = l, best_cost = cost;
+                }
         return best;
     } else {
         return fft_fast_length(n);
@@ -78,8 +79,9 @@ index fft_length_for(index n)
 ///
 /// Circular convolution y[i] = Σ_j h[(i − j) mod L] x[j] equals the Toeplitz product when
 /// h[d] = w(−d + delta) for d = 0..N−1 and h[L − e] = w(e + delta) for e = 1..Nk−1, and these two ranges
-/// do not overlap, i.e. L >= N + Nk − 1. The length is never shorter, also when causal: with a shorter L
-/// the wrap-around carries future keys into past queries (Luo et al. use 2N; any L >= N + Nk − 1 is exact).
+/// do not overlap, i.e. L >= N + Nk − 1 (Luo et al. use 2N; any L >= N + Nk − 1 is exact). There is no
+/// causal mask here: every input enters every output's rounding, so the causal algorithm only runs it on
+/// rectangles whose keys all rows may see (toeplitz_mix_fft).
 ///
 /// Real channels are packed in pairs into the real and imaginary parts of one complex lane (the kernel h is
 /// real, so the two convolutions do not mix); lanes go through the backend in tiles of `tile` lanes.
@@ -93,21 +95,14 @@ class toeplitz_fft_engine {
     using transform = typename Backend::template transform<S>;
 
 public:
-    toeplitz_fft_engine(const relative_weights<S>& w, index n, index nk, index delta, bool causal, index min_length = 0,
-                        index tile = 8)
+    toeplitz_fft_engine(const relative_weights<S>& w, index n, index nk, index delta, index min_length = 0, index tile = 8)
         : m_n(n), m_nk(nk), m_length(fft_length_for<Backend>(std::max<index>({min_length, n + nk - 1, 2}))),
           m_dist((m_length + 7) / 8 * 8), m_tile(std::max<index>(tile, 1))
     {
         buffer h(static_cast<std::size_t>(m_dist), cpx(0)), hhat(static_cast<std::size_t>(m_dist));
         const S inv_length = S(1) / static_cast<S>(m_length);
-        for (index d = 0; d < n; ++d) {
-            const index t = delta - d;
-            h[d] = (causal && t > 0) ? S(0) : w.at(t) * inv_length;
-        }
-        for (index e = 1; e < nk; ++e) {
-            const index t = delta + e;
-            h[m_length - e] = (causal && t > 0) ? S(0) : w.at(t) * inv_length;
-        }
+        for (index d = 0; d < n; ++d) h[d] = w.at(delta - d) * inv_length;
+        for (index e = 1; e < nk; ++e) h[m_length - e] = w.at(delta + e) * inv_length;
         transform(m_length, 1, m_dist, h.data(), hhat.data(), false).execute();
         m_hhat.assign(hhat.begin(), hhat.begin() + m_length);
     }
@@ -188,20 +183,6 @@ private:
     std::vector<cpx> m_hhat;
 };
 
-/// \brief Y (N, F) = C X for X (Nk, F), C_ij = w(j − i + delta) (0 for j − i + delta > 0 when causal), by FFT
-/// of length >= max(min_length, N + Nk − 1). O(F·L log L) time, O(tile·L) extra memory; one thread.
-template <class S, class Backend = fft::default_backend>
-void toeplitz_product_fft(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& x,
-                          Eigen::Ref<row_matrix<S>> y, index delta, bool causal, index min_length = 0)
-{
-    const index n = y.rows(), nk = x.rows(), f = x.cols();
-    if (n == 0) return;
-    const toeplitz_fft_engine<S, Backend> engine(w, n, nk, delta, causal, min_length);
-    engine.run(
-        f, [&](index c, S* dst, index stride) { for (index j = 0; j < nk; ++j) dst[j * stride] = x(j, c); },
-        [&](index c, const S* src, index stride) { for (index i = 0; i < n; ++i) y(i, c) = src[i * stride]; });
-}
-
 /// \brief FFT algorithm for Toeplitz attention (Luo et al., *Stable, Fast and Accurate: Kernelized Attention
 /// with Relative Positional Encoding*, NeurIPS 2021, Algorithm 1):
 ///
@@ -220,11 +201,14 @@ void toeplitz_product_fft(const relative_weights<S>& w, const Eigen::Ref<const r
 /// bit-identical for any `threads`. Items are grouped into one contiguous block per running thread, each
 /// with one workspace. O(Ex·⌈M/2⌉·L log L + (N + Nk)·M·Ex) time, O(threads·tile·L + (N + Nk)·(M + Ex))
 /// extra memory.
+///
+/// This is the rectangle kernel: every key in it weighs on every query (the causal algorithm,
+/// toeplitz_mix_fft, only gives it rectangles whose keys are all visible to all their queries).
 template <class S, class Backend = fft::default_backend>
-void toeplitz_mix_fft(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& psi,
-                      const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& vx,
-                      Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, bool causal, index min_length = 0,
-                      int threads = 0)
+void toeplitz_mix_fft_rectangle(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& psi,
+                                const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& vx,
+                                Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, index min_length = 0,
+                                int threads = 0)
 {
     const index n = psi.rows(), nk = kappa.rows(), m = psi.cols(), ex = vx.cols();
     if (n == 0) return;
@@ -238,7 +222,7 @@ void toeplitz_mix_fft(const relative_weights<S>& w, const Eigen::Ref<const row_m
     const row_matrix<S> vt = vx.transpose();    // (Ex, Nk)
     const row_matrix<S> pt = psi.transpose();   // (M, N)
     row_matrix<S> nt = row_matrix<S>::Zero(ex, n); // (Ex, N); row ν is written by item ν only
-    const engine_t engine(w, n, nk, k_first - q_first, causal, min_length);
+    const engine_t engine(w, n, nk, k_first - q_first, min_length);
     // FFT rounding is absolute (≈ eps·log L·‖c‖·‖x‖), so a convolution whose true value is tiny can come out
     // slightly negative. With weights c >= 0, a channel whose inputs all have one sign has outputs of that
     // sign: clamping them only moves toward the exact value, and keeps the denominator channels (κ >= 0
@@ -283,6 +267,85 @@ void toeplitz_mix_fft(const relative_weights<S>& w, const Eigen::Ref<const row_m
         }
     });
     num = nt.transpose();
+}
+
+/// \brief The FFT algorithm, causal or not. Non-causal: toeplitz_mix_fft_rectangle (Luo et al.).
+///
+/// Causal: one circulant over the whole sequence would let every input, future ones included, enter every
+/// output's rounding (a future value of 1e6 changed an output at position 0 from 0.103 to −1.58). Instead,
+/// divide and conquer: row i sees keys j <= i − delta; the keys visible to every row ([0, −delta), the
+/// decoder's history) form one rectangle, and the rest is a causal triangle, halved recursively: the lower
+/// half of its rows gets the upper half's keys as one rectangle (all visible, one FFT product of length
+/// about 2·rows), and the two half triangles recurse. Triangles of fewer than 2·direct_rows rows and
+/// rectangles narrower than direct_rows run directly (toeplitz_mix_dense), where the FFT would cost more
+/// (the cost model's crossover, toeplitz_fft_direct_rows). No FFT ever holds a key that one of its output
+/// rows cannot see, so past outputs are bit-identical whatever the future holds, and the result equals the
+/// dense algorithm to rounding. O(M·Ex·N log² N) time; memory as the rectangle kernel.
+template <class S, class Backend = fft::default_backend>
+void toeplitz_mix_fft(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& psi,
+                      const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& vx,
+                      Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, bool causal, index min_length = 0,
+                      int threads = 0, index direct_rows = 64)
+{
+    const index n = psi.rows(), nk = kappa.rows(), ex = vx.cols();
+    if (!causal) {
+        toeplitz_mix_fft_rectangle<S, Backend>(w, psi, kappa, vx, num, q_first, k_first, min_length, threads);
+        return;
+    }
+    if (n == 0) return;
+    num.setZero();
+    direct_rows = std::max<index>(direct_rows, 1);
+    const index delta = k_first - q_first;
+    row_matrix<S> part;
+    // num rows [r0, r0 + rows) += the product with keys [c0, c1), by FFT when both sides are long enough.
+    const auto add = [&](index r0, index rows, index c0, index c1, bool visible_to_all) {
+        c0 = std::max<index>(c0, 0), c1 = std::min(c1, nk);
+        if (rows <= 0 || c1 <= c0) return;
+        part.resize(rows, ex);
+        const auto p = psi.middleRows(r0, rows);
+        const auto k = kappa.middleRows(c0, c1 - c0);
+        const auto v = vx.middleRows(c0, c1 - c0);
+        if (visible_to_all && std::min(rows, c1 - c0) >= direct_rows)
+            toeplitz_mix_fft_rectangle<S, Backend>(w, p, k, v, part, q_first + r0, k_first + c0, 0, threads);
+        else
+            toeplitz_mix_dense<S>(w, p, k, v, part, q_first + r0, k_first + c0, !visible_to_all, 128, threads);
+        num.middleRows(r0, rows) += part;
+    };
+    // Triangle of rows [r0, r0 + rows): row r0 + a sees keys [c0, c0 + a] (c0 = r0 − delta).
+    const auto triangle = [&](const auto& self, index r0, index rows) -> void {
+        const index c0 = r0 - delta;
+        if (rows / 2 < direct_rows) {
+            add(r0, rows, c0, c0 + rows, false);
+            return;
+        }
+        const index h = rows / 2;
+        self(self, r0, h);
+        add(r0 + h, rows - h, c0, c0 + h, true);
+        self(self, r0 + h, rows - h);
+    };
+    add(0, n, 0, -delta, true);
+    triangle(triangle, 0, n);
+}
+
+/// \brief Y (N, F) = C X for X (Nk, F), C_ij = w(j − i + delta) (0 for j − i + delta > 0 when causal), by FFT
+/// of length >= max(min_length, N + Nk − 1); causal by the divide and conquer of toeplitz_mix_fft (with
+/// FFT rectangles from 8 rows on; min_length is then unused). O(F·L log L) time (causal O(F·L log² L)),
+/// O(tile·L) extra memory; one thread.
+template <class S, class Backend = fft::default_backend>
+void toeplitz_product_fft(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& x,
+                          Eigen::Ref<row_matrix<S>> y, index delta, bool causal, index min_length = 0)
+{
+    const index n = y.rows(), nk = x.rows(), f = x.cols();
+    if (n == 0) return;
+    if (causal) { // a product is attention with ψ_i = κ_j = 1 (M = 1) and Vx = X
+        const row_matrix<S> ones_q = row_matrix<S>::Ones(n, 1), ones_k = row_matrix<S>::Ones(nk, 1);
+        toeplitz_mix_fft<S, Backend>(w, ones_q, ones_k, x, y, 0, delta, true, 0, 1, 8);
+        return;
+    }
+    const toeplitz_fft_engine<S, Backend> engine(w, n, nk, delta, min_length);
+    engine.run(
+        f, [&](index c, S* dst, index stride) { for (index j = 0; j < nk; ++j) dst[j * stride] = x(j, c); },
+        [&](index c, const S* src, index stride) { for (index i = 0; i < n; ++i) y(i, c) = src[i * stride]; });
 }
 
 /// \brief Error amplification of the FFT algorithm for these weights: κ = ‖g‖₂·√Nk / min_i Σ_j g(j − i),

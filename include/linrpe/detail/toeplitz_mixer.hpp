@@ -6,6 +6,7 @@
 
 #include "../fft/backend.hpp"
 #include "../types.hpp"
+#include "normalize.hpp"
 #include "relative_weights.hpp"
 #include "toeplitz_banded.hpp"
 #include "toeplitz_cost.hpp"
@@ -16,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 namespace linrpe {
 namespace detail {
@@ -37,6 +39,66 @@ toeplitz_algorithm toeplitz_resolve(toeplitz_algorithm requested, const relative
     return c.banded <= c.dense ? toeplitz_algorithm::banded : toeplitz_algorithm::dense;
 }
 
+/// \brief Offsets t = (key position) − (query position) that a call of N queries from q_first and Nk keys
+/// from k_first can see: all of [k_first − (q_first + N − 1), k_first + Nk − 1 − q_first]; causal only
+/// t <= 0, and a decoder call (`streaming`) also every earlier token of its sequence (keys from 0).
+inline std::pair<index, index> visible_offsets(index n, index nk, index q_first, index k_first, bool causal, bool streaming)
+{
+    const index first = (streaming ? 0 : k_first) - (q_first + n - 1), last = k_first + nk - 1 - q_first;
+    return {first, causal ? std::min<index>(last, 0) : last};
+}
+
+/// \brief Normalizes num' (rows, E) and den' computed with weights c_t = e^{−shift}·(true weight), in place,
+/// as the true weights would: exact up to rounding, with no overflow unless the true result overflows.
+/// Since num = e^{shift} num' and den = e^{shift} den',
+///
+///     sum:  out_i = num_i / (den_i + eps)  = num'_i / (den'_i + eps·e^{−shift})
+///     none: out_i = num_i                  = e^{shift} num'_i   (two factors e^{shift/2})
+///     rms:  out_i = num_i / sqrt(mean num_i² + eps) = num'_i / sqrt(mean num'_i² + eps·e^{−2·shift})
+///
+/// So the result does not depend on the shift a call picks: a decoder step and a batched call (which see
+/// different offsets) agree to rounding, and so do causal calls of different lengths. Formed in long double
+/// (its exponent range holds e^{±shift} for any float bias and squares of any double); eps·e^{−k·shift}
+/// underflows only where it is negligible against every nonzero denominator, and a zero denominator (a
+/// row of zeros, true output 0) gives 0. With shift = 0 this is normalize_rows.
+template <class S>
+void toeplitz_normalize(Eigen::Ref<row_matrix<S>> out, const vector<S>* den, normalization norm, S eps, double shift)
+{
+    if (shift == 0.0) {
+        normalize_rows<S>(out, den, norm, eps);
+        return;
+    }
+    using wide = long double;
+    const auto scale_row = [&](index i, wide d) { // out_i /= d, with d = 0 only for a zero row
+        const wide r = d != 0 ? 1 / d : wide(0);
+        for (index e = 0; e < out.cols(); ++e) out(i, e) = static_cast<S>(static_cast<wide>(out(i, e)) * r);
+    };
+    switch (norm) {
+    case normalization::sum: {
+        const wide eps_shifted = static_cast<wide>(eps) * std::exp(-static_cast<wide>(shift));
+        for (index i = 0; i < out.rows(); ++i) scale_row(i, static_cast<wide>((*den)[i]) + eps_shifted);
+        break;
+    }
+    case normalization::none: {
+        const wide half = std::exp(static_cast<wide>(shift) / 2);
+        for (index i = 0; i < out.rows(); ++i)
+            for (index e = 0; e < out.cols(); ++e)
+                if (out(i, e) != S(0)) out(i, e) = static_cast<S>(static_cast<wide>(out(i, e)) * half * half);
+        break;
+    }
+    case normalization::rms: {
+        const wide eps_shifted = static_cast<wide>(eps) * std::exp(-2 * static_cast<wide>(shift));
+        const wide width = static_cast<wide>(std::max<index>(out.cols(), 1));
+        for (index i = 0; i < out.rows(); ++i) {
+            wide square = 0;
+            for (index e = 0; e < out.cols(); ++e) square += static_cast<wide>(out(i, e)) * static_cast<wide>(out(i, e));
+            scale_row(i, std::sqrt(square / width + eps_shifted));
+        }
+        break;
+    }
+    }
+}
+
 /// num (N, Ex) = Σ_j w_ij ⟨ψ_i, κ_j⟩ vx_j by the requested algorithm; all three agree to rounding. Dense
 /// (row blocks) and FFT (value columns) thread inside the head; their results do not depend on `threads`.
 template <class S>
@@ -47,7 +109,8 @@ void toeplitz_mix(const relative_weights<S>& w, const Eigen::Ref<const row_matri
 {
     switch (toeplitz_resolve<S>(algo, w, psi.rows(), kappa.rows(), psi.cols(), vx.cols(), k_first - q_first, causal)) {
     case toeplitz_algorithm::fft:
-        toeplitz_mix_fft<S>(w, psi, kappa, vx, num, q_first, k_first, causal, 0, threads);
+        toeplitz_mix_fft<S>(w, psi, kappa, vx, num, q_first, k_first, causal, 0, threads,
+                            toeplitz_fft_direct_rows<S>(psi.cols(), vx.cols()));
         break;
     case toeplitz_algorithm::banded:
         toeplitz_mix_banded<S>(w, psi, kappa, vx, num, q_first, k_first, causal);

@@ -85,7 +85,7 @@ template <class P, class S, class = void>
 struct has_mixing_hook : std::false_type {};
 template <class P, class S>
 struct has_mixing_hook<P, S,
-                       std::void_t<decltype(std::declval<const P&>().template mixing_weights<S>(index(0), true))>>
+                       std::void_t<decltype(std::declval<const P&>().template mixing_weights<S>(index(0), index(0), index(0)))>>
     : std::true_type {};
 
 /// Optional `check_input(input_dim, head)` on either policy: called before any work, may throw.

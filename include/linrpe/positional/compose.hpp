@@ -80,9 +80,9 @@ public:
     }
 
     template <class S>
-    detail::relative_weights<S> mixing_weights(index head, bool common_factor_cancels) const
+    detail::relative_weights<S> mixing_weights(index head, index t_first, index t_last) const
     {
-        return mixing.template mixing_weights<S>(head, common_factor_cancels);
+        return mixing.template mixing_weights<S>(head, t_first, t_last);
     }
 };
 

@@ -24,13 +24,15 @@ namespace positional {
 /// |t| < T_max and clipped beyond (b_t = b_{±(T_max−1)}): every length works, and T_max >= N gives the
 /// paper's unclipped form. Causal attention uses only t <= 0.
 ///
-/// Under `sum` normalization a common factor of all weights cancels, so the kernels use exp(b − max b) and
-/// cannot overflow; under `none` and `rms` they use exactly exp(b). b = 0 (the initial value) is plain
-/// linear attention.
+/// The kernels use exp(b − m), m = max b over the offsets the call can see, so no exponent overflows, and
+/// the front folds e^m back exactly (into eps under `sum` and `rms`, into the result under `none`): the
+/// result is the formula with exp(b), finite whenever it is representable, whatever m a call picks.
+/// b = 0 (the initial value) is plain linear attention.
 ///
 /// Cost per head (options::toeplitz; `automatic` picks by a measured cost model):
 /// - dense:  O(N·Nk·(M + E)) time, O(128·Nk) memory;
-/// - fft:    O(M·E·L log L), L >= N + Nk − 1, memory O(L·tile) (Luo et al., Algorithm 1);
+/// - fft:    O(M·E·L log L), L >= N + Nk − 1, memory O(L·tile) (Luo et al., Algorithm 1); causal by divide
+///           and conquer, O(M·E·N log² N), so that no future token enters a past output's rounding;
 /// - banded: O(N·(T_max·(M + E) + M·E)) when T_max < N (ours: the clipped far part is lagged linear attention).
 /// The streaming decoder costs O(T_max·(M + E) + M·E) per token.
 ///
@@ -97,17 +99,25 @@ public:
         detail::require_all_finite("toeplitz_rpe bias", bias.row(head));
     }
 
-    /// \brief c_t of `head` (size 2·T_max − 1): exp(b − max b) when a common factor cancels (`sum`
-    /// normalization: the max over the whole b of the head keeps every weight in (0, 1]), exp(b) otherwise.
+    /// \brief c_t = exp(b_t − m) of `head` for every stored offset (size 2·T_max − 1), with m = max b_t over
+    /// the offsets t_first <= t <= t_last that the call can see (clipped to |t| < T_max; causal calls see
+    /// t <= 0 only), returned as `shift`. Every weight the call reads is then in (0, 1]: no exponent
+    /// overflows and the largest weight is exactly 1, whatever b holds at unused offsets (a causal call is
+    /// not affected by b_{t>0}). The front folds e^m back exactly: eps becomes eps·e^{−m} under `sum` and
+    /// eps·e^{−2m} under `rms`, and the result is multiplied by e^m once under `none`. Computed in long double.
     template <class S>
-    detail::relative_weights<S> mixing_weights(index head, bool common_factor_cancels) const
+    detail::relative_weights<S> mixing_weights(index head, index t_first, index t_last) const
     {
         check_head(head);
         detail::relative_weights<S> w;
         w.t_max = m_t_max;
-        const auto b = bias.row(head).template cast<double>();
-        const double shift = common_factor_cancels ? b.maxCoeff() : 0.0;
-        w.c = (b.array() - shift).exp().template cast<S>().matrix().transpose();
+        const index lo = std::clamp(t_first, -(m_t_max - 1), m_t_max - 1) + m_t_max - 1,
+                    hi = std::clamp(t_last, -(m_t_max - 1), m_t_max - 1) + m_t_max - 1;
+        long double shift = 0;
+        for (index i = lo; i <= hi; ++i) shift = (i == lo) ? bias(head, i) : std::max<long double>(shift, bias(head, i));
+        w.shift = static_cast<double>(shift); // a value of b: exact in double
+        w.c.resize(bias.cols());
+        for (index i = 0; i < bias.cols(); ++i) w.c[i] = static_cast<S>(std::exp(static_cast<long double>(bias(head, i)) - shift));
         return w;
     }
 
