@@ -16,10 +16,12 @@
 namespace linrpe {
 namespace detail {
 
-/// Work (flops) that one more thread must get before parallel_for hands it out: waking a thread costs a few
-/// microseconds on an idle machine and up to a scheduler tick on a loaded one, while 10^5 flops take
-/// 10–50 µs. A constant, so the team size depends on the shape only (the results depend on neither).
-inline constexpr double min_work_per_thread = 1e5;
+/// Work (flops, as the caller estimates it from the shape) that each thread of a parallel_for must get
+/// before it spawns a team. Waking a thread costs a few microseconds on an idle machine and up to a scheduler
+/// tick (measured 5 ms) on a loaded one; 4·10^6 flops take 0.1–0.3 ms here, so an idle machine loses < 5 % to
+/// the wake-up. It keeps decoder steps serial up to B·H = 64 at D = M = E = 64 (≈ 33 kflops per sequence by
+/// linear_attention's estimate). A constant: the team depends on the shape only (the results on neither).
+inline constexpr double min_work_per_thread = 4e6;
 
 /// The team `options::threads = 0` means during a linrpe call: the caller's omp_get_max_threads(), recorded
 /// by the outermost serial_eigen_scope of the calling thread (0 outside any linrpe call).
