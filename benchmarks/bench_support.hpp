@@ -70,6 +70,7 @@ public:
     double seconds()
     {
         const double t = seconds_of([&] {
+            const detail::serial_eigen_scope serial_eigen; // one thread per head, as inside linrpe
             detail::parallel_for(static_cast<index>(m_a.size()), 0, [&](index h) {
                 m_s[h].noalias() = m_a[h].transpose() * m_b[h];
                 m_c[h].noalias() = m_a[h] * m_s[h];

@@ -1,6 +1,12 @@
 // Quickstart: one short function per family. Each builds an attention, runs it on random (N, D) inputs of
 // one head and prints the output norm; see the README for the formulas and options.
-#include <linrpe.hpp>
+// Only the headers of the families used here: <linrpe.hpp> includes every family and compiles slower.
+#include <linrpe/feature_maps/elu_plus_one.hpp>
+#include <linrpe/feature_maps/favor.hpp>
+#include <linrpe/linear_attention.hpp>
+#include <linrpe/positional/lrpe.hpp>
+#include <linrpe/positional/sine_spe.hpp>
+#include <linrpe/positional/toeplitz_rpe.hpp>
 
 #include <cstdio>
 

@@ -57,11 +57,16 @@ public:
         validate(q, k, v, out);
         const index heads = m_heads;
         m_attn->validate_batch(q, k, v, out, m_position);
-        detail::parallel_for(m_batch * heads, m_attn->head_threads(m_batch * heads, q.tokens()), [&](index bh) {
-            const index b = bh / heads, h = bh % heads;
-            m_attn->run_head(q.slice(b, h), k.slice(b, h), v.slice(b, h), out.slice(b, h), h, m_position, m_position,
-                             &m_state[static_cast<std::size_t>(bh)], m_batch * heads);
-        });
+        const detail::serial_eigen_scope serial_eigen;
+        // A step or a short prefill is too little work per (batch, head) to pay for waking threads.
+        detail::parallel_for(
+            m_batch * heads, m_attn->head_threads(m_batch * heads, q.tokens()),
+            [&](index bh) {
+                const index b = bh / heads, h = bh % heads;
+                m_attn->run_head(q.slice(b, h), k.slice(b, h), v.slice(b, h), out.slice(b, h), h, m_position, m_position,
+                                 &m_state[static_cast<std::size_t>(bh)], m_batch * heads);
+            },
+            m_attn->head_work(q.tokens(), k.tokens(), q.channels(), v.channels()));
         m_width = q.channels();
         m_values = v.channels();
         m_position += q.tokens();

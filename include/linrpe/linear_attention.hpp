@@ -124,6 +124,7 @@ public:
         validate_head(q.rows(), q.cols(), k.rows(), k.cols(), v.rows(), v.cols(), head, q_first, k_first);
         if (out.rows() != q.rows() || out.cols() != v.cols())
             detail::fail("out shape", detail::shape(q.rows(), v.cols()), detail::shape(out.rows(), out.cols()));
+        const detail::serial_eigen_scope serial_eigen;
         ws.prepare(call_slots(m_opt.threads));
         run_head(q, k, v, out, head, q_first, k_first, nullptr, 1, &ws);
     }
@@ -141,13 +142,17 @@ public:
                  tensor_view<Scalar> out, index first_position, workspace<Scalar>& ws) const
     {
         validate_batch(q, k, v, out, first_position);
+        const detail::serial_eigen_scope serial_eigen;
         const index heads = q.heads();
         ws.prepare(call_slots(m_opt.threads));
-        detail::parallel_for(q.batch() * heads, head_threads(q.batch() * heads, q.tokens()), [&](index bh) {
-            const index b = bh / heads, h = bh % heads;
-            run_head(q.slice(b, h), k.slice(b, h), v.slice(b, h), out.slice(b, h), h, first_position, first_position,
-                     nullptr, q.batch() * heads, &ws);
-        });
+        detail::parallel_for(
+            q.batch() * heads, head_threads(q.batch() * heads, q.tokens()),
+            [&](index bh) {
+                const index b = bh / heads, h = bh % heads;
+                run_head(q.slice(b, h), k.slice(b, h), v.slice(b, h), out.slice(b, h), h, first_position, first_position,
+                         nullptr, q.batch() * heads, &ws);
+            },
+            head_work(q.tokens(), k.tokens(), q.channels(), v.channels()));
     }
 
     /// Bytes of scratch the attention keeps between calls that pass no workspace (its own workspace).
@@ -162,6 +167,7 @@ public:
         detail::check_input_if_any(m_map, feature_input_dim(x.cols()), head);
         detail::check_input_if_any(m_pe, x.cols(), head);
         check_post_feature_dim(x.cols(), head);
+        const detail::serial_eigen_scope serial_eigen;
         return encode(x, which, head, first_position);
     }
 
@@ -408,6 +414,12 @@ private:
     }
     // Threads for the loop over a call's sequences: one when the segments of each sequence take them instead.
     int head_threads(index call_heads, index n) const { return splits_sequence(call_heads, n) ? 1 : m_opt.threads; }
+    // Flops of one head of n queries and nk keys (D = d, E = e) without the Toeplitz band, as the threading
+    // threshold of parallel_for sees them: features ~2·D·M' and state or output ~2·M'·(E + 1) per row.
+    double head_work(index n, index nk, index d, index e) const
+    {
+        return 2.0 * static_cast<double>(n + nk) * static_cast<double>(encoded_dim(d)) * static_cast<double>(d + e + 1);
+    }
 
     // What a mixer needs to know about a head call of input width d.
     detail::mixer_setup setup(index d) const
