@@ -80,6 +80,7 @@ public:
                  tensor_view<scalar_type> out, index first_position) const
     {
         validate(q, k, v, out, first_position);
+        const detail::serial_eigen_scope serial_eigen; // this object's own products stay serial (thread-independent)
         const bool causal = m_attn.opts().mask == masking::causal;
         const bool with_den = m_attn.opts().norm == normalization::sum;
         const index batch = q.batch(), heads = q.heads(), n = q.tokens(), e = v.channels();
