@@ -207,7 +207,10 @@ public:
                   index first_position = 0, workspace<Scalar>* ws = nullptr) const
     {
         dout.validate("dout view");
-        // validate_batch reads the extents of its `out` argument only: dout stands in for it.
+        if (dout.batch() != q.batch() || dout.heads() != q.heads() || dout.tokens() != q.tokens() || dout.channels() != v.channels())
+            detail::fail("dout view extents", detail::concat("(", q.batch(), ", ", q.heads(), ", ", q.tokens(), ", ", v.channels(), ")"),
+                         detail::concat("(", dout.batch(), ", ", dout.heads(), ", ", dout.tokens(), ", ", dout.channels(), ")"));
+        // validate_batch reads the extents of its `out` argument only: dout (checked above) stands in for it.
         const tensor_view<Scalar> dout_extents(const_cast<Scalar*>(dout.data()), dout.batch(), dout.heads(), dout.tokens(),
                                                dout.channels(), dout.stride(0), dout.stride(1), dout.stride(2),
                                                dout.stride(3));

@@ -148,7 +148,7 @@ void causal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<c
 //
 //     dΨ = (W ⊙ G V̄ᵀ) Κ,   dΚ = (W ⊙ G V̄ᵀ)ᵀ Ψ,   dV = (W ⊙ Ψ Κᵀ)ᵀ g
 //
-// Causally, dψ_i = S_iᵀ-side prefix terms (keys j <= i) and dκ_j, dv_j suffix terms (queries i >= j):
+// Causally, dψ_i sums over keys j <= i (prefix states) and dκ_j, dv_j over queries i >= j (suffix states):
 //
 //     dΨ_c = G_c Sᵀ + tril(G_c V̄_cᵀ) Κ_c                     S = Σ_{j before c} κ_j v̄_jᵀ (M, Ex)
 //     dΚ_c = V̄_c Uᵀ + tril(G_c V̄_cᵀ)ᵀ Ψ_c,  dV_c = Κ_c U_g + tril(Ψ_c Κ_cᵀ)ᵀ g_c
