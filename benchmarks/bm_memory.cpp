@@ -98,6 +98,32 @@ void measure(benchmark::State& state, const Positional& pe, masking mask, index 
     state.counters["bytes_per_token"] = double(extra) / double(n);
 }
 
+// The backward of the core (dQ, dK, dV for a given dOut; the gradient buffers are allocated beforehand).
+void measure_backward(benchmark::State& state, masking mask)
+{
+    const index n = state.range(0), heads = 8;
+    bench::problem<float> p(heads, n, width);
+    std::vector<float> dq(p.q.size()), dk(p.k.size()), dv(p.v.size());
+    options<float> opt;
+    opt.mask = mask;
+    const linear_attention<feature_maps::elu_plus_one, positional::none, float> attn({}, {}, opt);
+    const auto in = [&](const std::vector<float>& x) { return view_bhnd(x.data(), 1, heads, n, width); };
+    const auto out = [&](std::vector<float>& x) { return view_bhnd(x.data(), 1, heads, n, width); };
+    long long extra = 0;
+    for (auto _ : state) {
+        const long long before = live_bytes.load();
+        peak_bytes = before;
+        attn.backward(in(p.q), in(p.k), in(p.v), in(p.out), out(dq), out(dk), out(dv));
+        benchmark::DoNotOptimize(dq.data());
+        extra = std::max(extra, peak_bytes.load() - before);
+    }
+    state.counters["heads"] = double(heads);
+    state.counters["extra_MiB"] = double(extra) / (1024.0 * 1024.0);
+    state.counters["bytes_per_token"] = double(extra) / double(n);
+}
+void BM_backward_noncausal(benchmark::State& s) { measure_backward(s, masking::none); }
+void BM_backward_causal(benchmark::State& s) { measure_backward(s, masking::causal); }
+
 using elu = feature_maps::elu_plus_one;
 void BM_noncausal(benchmark::State& s) { measure<elu>(s, positional::none(), masking::none, 8); }
 void BM_causal(benchmark::State& s) { measure<elu>(s, positional::none(), masking::causal, 8); }
@@ -168,3 +194,5 @@ BENCHMARK(BM_sine_spe)->Name("memory_sine_spe_causal")->Apply(lengths);
 BENCHMARK(BM_conv_spe)->Name("memory_conv_spe")->Apply(lengths);
 BENCHMARK(BM_toeplitz_banded)->Name("memory_toeplitz_banded_causal")->Apply(lengths);
 BENCHMARK(BM_toeplitz_fft)->Name("memory_toeplitz_fft")->Apply(lengths);
+BENCHMARK(BM_backward_noncausal)->Name("memory_backward_noncausal")->Apply(lengths);
+BENCHMARK(BM_backward_causal)->Name("memory_backward_causal")->Apply(lengths);

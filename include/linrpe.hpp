@@ -23,5 +23,6 @@
 #include "linrpe/linear_attention.hpp"
 #include "linrpe/decoder.hpp"
 #include "linrpe/reference/kernel_attention.hpp"
+#include "linrpe/reference/kernel_attention_backward.hpp"
 #include "linrpe/reference/softmax_attention.hpp"
 #include "linrpe/reference/softmax_rpe_attention.hpp"

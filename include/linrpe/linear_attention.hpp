@@ -198,6 +198,75 @@ public:
         return linrpe::decoder<linear_attention>(*this, batch, heads);
     }
 
+    // ---- backward (DESIGN §13) -----------------------------------------------------------------------
+
+    /// \brief Single head: the gradients dq (N, D), dk (Nk, D), dv (Nk, E) of ⟨dout, forward(q, k, v)⟩ for the
+    /// seed dout (N, E), of the function forward() computes (FAVOR+'s query shift included), exact to
+    /// rounding. Features are recomputed, nothing is kept from the forward: non-causal in four GEMMs per
+    /// head, causal by prefix states (dq) and suffix states (dk, dv) in the chunked GEMM form; extra memory
+    /// O((N + Nk)·(M' + E)) per head in flight, taken from `ws` (a temporary one when null; pass one to a
+    /// loop of calls so that nothing is allocated after the first). Throws before writing anything.
+    /// Outputs must not alias inputs. Needs the feature map's `apply_backward` hook (every shipped map has
+    /// it); positional encodings other than none are refused at compile time in this version.
+    void backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq, ref dk,
+                  ref dv, index head = 0, index q_first = 0) const
+    {
+        backward(q, k, v, dout, dq, dk, dv, head, q_first, q_first);
+    }
+    void backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq, ref dk,
+                  ref dv, index head, index q_first, index k_first, workspace<Scalar>* ws = nullptr) const
+    {
+        validate_head(q.rows(), q.cols(), k.rows(), k.cols(), v.rows(), v.cols(), head, q_first, k_first);
+        const auto check = [](const char* name, index rows, index cols, index r, index c) {
+            if (r != rows || c != cols) detail::fail(name, detail::shape(rows, cols), detail::shape(r, c));
+        };
+        check("dout shape", q.rows(), v.cols(), dout.rows(), dout.cols());
+        check("dq shape", q.rows(), q.cols(), dq.rows(), dq.cols());
+        check("dk shape", k.rows(), k.cols(), dk.rows(), dk.cols());
+        check("dv shape", v.rows(), v.cols(), dv.rows(), dv.cols());
+        workspace<Scalar> local;
+        workspace<Scalar>& w = ws ? *ws : local;
+        w.prepare(workspace_slots());
+        run_head_backward(q, k, v, dout, dq, dk, dv, head, q_first, k_first, 1, w);
+    }
+
+    /// \brief Batched backward over strided views (either memory layout): q, dq (B, H, N, D), k, dk
+    /// (B, H, Nk, D), v, dv (B, H, Nk, E), dout (B, H, N, E). Threads and segments as the batched forward;
+    /// the result does not depend on the thread count.
+    void backward(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
+                  tensor_view<const Scalar> dout, tensor_view<Scalar> dq, tensor_view<Scalar> dk, tensor_view<Scalar> dv,
+                  index first_position = 0, workspace<Scalar>* ws = nullptr) const
+    {
+        dout.validate("dout view");
+        if (dout.batch() != q.batch() || dout.heads() != q.heads() || dout.tokens() != q.tokens() || dout.channels() != v.channels())
+            detail::fail("dout view extents", detail::concat("(", q.batch(), ", ", q.heads(), ", ", q.tokens(), ", ", v.channels(), ")"),
+                         detail::concat("(", dout.batch(), ", ", dout.heads(), ", ", dout.tokens(), ", ", dout.channels(), ")"));
+        // validate_batch reads the extents of its `out` argument only: dout (checked above) stands in for it.
+        const tensor_view<Scalar> dout_extents(const_cast<Scalar*>(dout.data()), dout.batch(), dout.heads(), dout.tokens(),
+                                               dout.channels(), dout.stride(0), dout.stride(1), dout.stride(2),
+                                               dout.stride(3));
+        validate_batch(q, k, v, dout_extents, first_position);
+        const auto check = [](const char* name, const tensor_view<Scalar>& x, const tensor_view<const Scalar>& like,
+                              index channels) {
+            x.validate(name);
+            if (x.batch() != like.batch() || x.heads() != like.heads() || x.tokens() != like.tokens() || x.channels() != channels)
+                detail::fail(name, detail::concat("extents (", like.batch(), ", ", like.heads(), ", ", like.tokens(), ", ", channels, ")"),
+                             detail::concat("(", x.batch(), ", ", x.heads(), ", ", x.tokens(), ", ", x.channels(), ")"));
+        };
+        check("dq view", dq, q, q.channels());
+        check("dk view", dk, k, k.channels());
+        check("dv view", dv, v, v.channels());
+        workspace<Scalar> local;
+        workspace<Scalar>& w = ws ? *ws : local;
+        w.prepare(workspace_slots());
+        const index heads = q.heads(), calls = q.batch() * heads;
+        detail::parallel_for(calls, head_threads(calls, q.tokens()), [&](index bh) {
+            const index b = bh / heads, h = bh % heads;
+            run_head_backward(q.slice(b, h), k.slice(b, h), v.slice(b, h), dout.slice(b, h), dq.slice(b, h), dk.slice(b, h),
+                              dv.slice(b, h), h, first_position, first_position, calls, w);
+        });
+    }
+
 private:
     friend class linrpe::decoder<linear_attention>;
 
@@ -447,6 +516,86 @@ private:
     auto normalizer() const
     {
         return [this](ref o, const vector<Scalar>* den) { normalize(o, den); };
+    }
+
+    // Arenas a call needs: one per thread of the largest team it can open, and the caller's own slot.
+    int workspace_slots() const
+    {
+#if defined(_OPENMP)
+        const int team = m_opt.threads > 0 ? m_opt.threads : omp_get_max_threads();
+#else
+        const int team = 1;
+#endif
+        return std::max(team, detail::thread_slot() + 1);
+    }
+
+    // Validated inputs → dq, dk, dv (DESIGN §13); `call_heads` selects the causal threading as in run_head.
+    void run_head_backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq,
+                           ref dk, ref dv, index head, index q_first, index k_first, index call_heads,
+                           workspace<Scalar>& ws) const
+    {
+        static_assert(detail::has_apply_backward_v<FeatureMap, Scalar>,
+                      "backward() needs the FeatureMap's VJP hook `template <class S> void apply_backward(const "
+                      "Eigen::Ref<const row_matrix<S>>& x, const Eigen::Ref<const row_matrix<S>>& phi, const "
+                      "Eigen::Ref<const row_matrix<S>>& dphi, Eigen::Ref<row_matrix<S>> dx, const feature_context&) "
+                      "const` writing dx = J_phi(x)^T dphi (phi = apply(x)); see examples/custom_policies.cpp.");
+        static_assert(!PositionalEncoding::has_mixing,
+                      "backward() is not available for sequence-mixing (Toeplitz) encodings in this version of "
+                      "linrpe: their gradients (mixing_weights_backward) come in the next version.");
+        static_assert(detail::encoding_backward_ok<PositionalEncoding, Scalar>(),
+                      "backward() needs the PositionalEncoding's VJP hooks for the stages it declares: "
+                      "`encode_pre_backward(du, dx, first_position, head, role)` (dx = pre^T du) and/or "
+                      "`encode_post_backward(dpsi, dphi, first_position, head, role)` (dphi = post^T dpsi); the "
+                      "shipped lrpe, sine_spe and conv_spe gain them in the next version of linrpe.");
+        if (q.rows() == 0) {
+            dk.setZero();
+            dv.setZero();
+            return;
+        }
+        const auto back = [this, head](const const_ref& x, const const_ref& feat, const const_ref& dfeat, ref dx, role which,
+                                       index first) { encode_backward(x, feat, dfeat, dx, which, head, first); };
+        if (m_opt.mask == masking::causal)
+            detail::causal_backward<Scalar>(q, k, v, dout, dq, dk, dv, q_first, splits_sequence(call_heads, q.rows()),
+                                            setup(q.cols()), m_opt.norm, m_opt.eps, encoder(head), back, ws);
+        else
+            detail::noncausal_backward<Scalar>(q, k, v, dout, dq, dk, dv, q_first, k_first, setup(q.cols()), m_opt.norm,
+                                               m_opt.eps, encoder(head), back, ws);
+    }
+
+    // VJP of encode(): dx = pre_iᵀ J_φᵀ post_iᵀ dfeat for rows x, given their features feat = encode(x). With
+    // feature-side stages φ's input and output are recomputed (the mixers hold ψ/κ only).
+    void encode_backward(const const_ref& x, const const_ref& feat, const const_ref& dfeat, ref dx, role which,
+                         index head, index first) const
+    {
+        const feature_context ctx = context(which, head);
+        if constexpr (!PositionalEncoding::has_pre_feature && !PositionalEncoding::has_post_feature) {
+            m_map.apply_backward(x, feat, dfeat, dx, ctx);
+        } else {
+            const index n = x.rows(), r = feature_input_dim(x.cols());
+            matrix u; // (n, R): φ's input
+            if constexpr (PositionalEncoding::has_pre_feature) {
+                u.resize(n, r);
+                m_pe.encode_pre(x, ref(u), first, head, which);
+            } else {
+                u = x;
+            }
+            matrix phi(n, m_map.output_dim(r)); // (n, M)
+            m_map.apply(const_ref(u), ref(phi), ctx);
+            matrix dphi; // (n, M)
+            if constexpr (PositionalEncoding::has_post_feature) {
+                dphi.resize(n, phi.cols());
+                m_pe.encode_post_backward(dfeat, ref(dphi), first, head, which);
+            } else {
+                dphi = dfeat;
+            }
+            if constexpr (PositionalEncoding::has_pre_feature) {
+                matrix du(n, r); // (n, R)
+                m_map.apply_backward(const_ref(u), const_ref(phi), const_ref(dphi), ref(du), ctx);
+                m_pe.encode_pre_backward(const_ref(du), dx, first, head, which);
+            } else {
+                m_map.apply_backward(const_ref(u), const_ref(phi), const_ref(dphi), dx, ctx);
+            }
+        }
     }
 
     // out holds the numerator; divides by den + eps (sum) or by the row RMS (rms) in place.

@@ -28,6 +28,21 @@ static_assert(!detail::is_feature_map_v<no_apply, float>, "a feature map without
 static_assert(detail::is_positional_encoding_v<positional::none, float>, "none is a positional encoding");
 static_assert(!detail::is_positional_encoding_v<post_without_hook, float>,
               "an encoding that declares a post-feature stage without encode_post is rejected");
+static_assert(detail::has_apply_backward_v<feature_maps::identity, float> && detail::has_apply_backward_v<feature_maps::elu_plus_one, double> &&
+                  detail::has_apply_backward_v<feature_maps::relu, float> && detail::has_apply_backward_v<feature_maps::favor, double> &&
+                  detail::has_apply_backward_v<feature_maps::trig_features, float>,
+              "every shipped feature map has the VJP hook apply_backward");
+struct forward_only {
+    static constexpr bool is_positive = true;
+    index output_dim(index d) const { return d; }
+    template <class S>
+    void apply(const Eigen::Ref<const row_matrix<S>>& x, Eigen::Ref<row_matrix<S>> phi, const feature_context&) const
+    {
+        phi = x;
+    }
+};
+static_assert(detail::is_feature_map_v<forward_only, float> && !detail::has_apply_backward_v<forward_only, float>,
+              "a map without apply_backward is still a feature map (forward only)");
 static_assert(std::is_empty<feature_maps::elu_plus_one>::value && std::is_trivially_copyable<feature_maps::elu_plus_one>::value,
               "stateless feature maps are empty and trivially copyable");
 static_assert(std::is_empty<positional::none>::value && std::is_trivially_copyable<positional::none>::value,

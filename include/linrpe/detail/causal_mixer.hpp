@@ -13,7 +13,9 @@
 /// never uses a later key: outputs up to i are bit-identical whatever (finite) values later tokens hold.
 
 #include "../types.hpp"
+#include "../workspace.hpp"
 #include "mixer_setup.hpp"
+#include "normalize.hpp"
 #include "parallel.hpp"
 #include "../workspace.hpp"
 
@@ -146,6 +148,199 @@ void causal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<c
         }
     });
     if (carried) *carried = std::move(start.back());
+}
+
+// ---- backward (DESIGN §13) -----------------------------------------------------------------------------
+//
+// With Ψ (N, M), Κ (Nk, M), V̄ = [V, 1] under `sum` (V otherwise) and the seed G = [g, g_den] of the
+// normalization (normalize.hpp), the mixing VJP is
+//
+//     dΨ = (W ⊙ G V̄ᵀ) Κ,   dΚ = (W ⊙ G V̄ᵀ)ᵀ Ψ,   dV = (W ⊙ Ψ Κᵀ)ᵀ g
+//
+// Causally, dψ_i sums over keys j <= i (prefix states) and dκ_j, dv_j over queries i >= j (suffix states):
+//
+//     dΨ_c = G_c Sᵀ + tril(G_c V̄_cᵀ) Κ_c                     S = Σ_{j before c} κ_j v̄_jᵀ (M, Ex)
+//     dΚ_c = V̄_c Uᵀ + tril(G_c V̄_cᵀ)ᵀ Ψ_c,  dV_c = Κ_c U_g + tril(Ψ_c Κ_cᵀ)ᵀ g_c
+//                                                          U = Σ_{i after c} ψ_i g_iᵀ (M, Ex)
+//
+// The seed needs dout_i · num_i, which is formed without the numerator: with P = dout Sᵀ (needed for dΨ
+// anyway) and D = tril(dout V_cᵀ) (needed for the in-chunk term), dout_i · num_i = ψ_i · P_i + Σ_j A_ij D_ij.
+// Masked (future for dΨ, past for dΚ, dV) entries of the (C, C) products are set to zero before use, so
+// dK_j, dV_j never read dOut rows before j and dQ_i never reads keys after i (bit-exactly, for finite inputs).
+
+/// The rows of one chunk for its in-chunk (causal) terms: its ψ, κ, V, and the stores of
+/// A = tril(Ψ_c Κ_cᵀ) and B = tril(G V̄_cᵀ) (C, C) that the query pass writes and the key pass reads.
+template <class S>
+struct chunk_pairs {
+    Eigen::Ref<const row_matrix<S>> psi, kappa, v;
+    Eigen::Ref<row_matrix<S>> a, b;
+};
+
+/// \brief Query side of the backward for rows `psi` (C, M) with seed rows `dout` (C, E) against `state` (the
+/// keys before them) and, when `own` is given, the chunk's own keys (causal). Writes g (C, E), g_den (C,
+/// under `sum`), dpsi (C, M) and own->a, own->b. Flops: 2·C·M·E (+ 2·C²·(M + E) + 2·C²·M in-chunk).
+template <class S>
+void backward_query_rows(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen::Ref<const row_matrix<S>>& dout,
+                         const causal_state<S>& state, chunk_pairs<S>* own, normalization norm, S eps,
+                         Eigen::Ref<row_matrix<S>> g, Eigen::Ref<vector<S>> g_den, Eigen::Ref<row_matrix<S>> dpsi)
+{
+    if (own) {
+        own->a.noalias() = psi * own->kappa.transpose(); // (C, C)
+        own->a.template triangularView<Eigen::StrictlyUpper>().setZero();
+    }
+    if (norm == normalization::rms) {
+        row_matrix<S> num = psi * state.s; // (C, E)
+        if (own) num.noalias() += own->a * own->v;
+        rms_seed<S>(num, dout, g, eps);
+    } else {
+        g = dout;
+    }
+    dpsi.noalias() = g * state.s.transpose(); // (C, M): P
+    if (own) {
+        own->b.noalias() = g * own->v.transpose(); // (C, C): D
+        own->b.template triangularView<Eigen::StrictlyUpper>().setZero();
+    }
+    if (norm != normalization::sum) {
+        if (own) dpsi.noalias() += own->b * own->kappa;
+        return;
+    }
+    vector<S> den = psi * state.z;                                        // (C)
+    vector<S> dot = (psi.array() * dpsi.array()).rowwise().sum().matrix(); // (C): dout · (Ψ S)
+    if (own) {
+        den += own->a.rowwise().sum();
+        dot += (own->a.array() * own->b.array()).rowwise().sum().matrix();
+    }
+    vector<S> inv;
+    sum_seed<S>(den, dot, eps, inv, g_den);
+    g.array().colwise() *= inv.array();
+    dpsi.array().colwise() *= inv.array();
+    dpsi.noalias() += g_den * state.z.transpose(); // the denominator's column of G Sᵀ
+    if (own) {
+        own->b.array().colwise() *= inv.array();
+        for (index i = 0; i < own->b.rows(); ++i) own->b.row(i).head(i + 1).array() += g_den[i];
+        dpsi.noalias() += own->b * own->kappa;
+    }
+}
+
+/// \brief Key side: dkappa (C, M) = V̄ Uᵀ, dv (C, E) = Κ U_g against the suffix state `u` (queries after the
+/// rows), plus the in-chunk terms from own->a, own->b with the chunk's seed `g` when `own` is given.
+template <class S>
+void backward_key_rows(const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& v,
+                       const causal_state<S>& u, const chunk_pairs<S>* own, const Eigen::Ref<const row_matrix<S>>& g,
+                       Eigen::Ref<row_matrix<S>> dkappa, Eigen::Ref<row_matrix<S>> dv)
+{
+    dkappa.noalias() = v * u.s.transpose(); // (C, M)
+    if (u.z.size()) dkappa.rowwise() += u.z.transpose();
+    dv.noalias() = kappa * u.s; // (C, E)
+    if (own) {
+        dkappa.noalias() += own->b.transpose() * own->psi;
+        dv.noalias() += own->a.transpose() * g;
+    }
+}
+
+/// Suffix state update of the backward: U_g += Ψᵀ g, u_den += Ψᵀ g_den.
+template <class S, class Psi, class G, class GDen>
+void add_suffix(causal_state<S>& u, const Psi& psi, const G& g, const GDen& g_den)
+{
+    u.s.noalias() += psi.transpose() * g;
+    if (u.z.size()) u.z.noalias() += psi.transpose() * g_den;
+}
+
+/// \brief VJP of causal_forward (no positional weights): dq, dk (N, D) and dv (N, E) for the seed dout (N, E).
+///
+/// Features are recomputed (the forward kept none): keys once, queries once; ψ, κ, the seed G and the
+/// per-chunk (C, C) products are kept for the whole head, O(N·(2M' + E + 2C)) from the workspace.
+///   1. (parallel over segments) κ = encode(K); Δ_s = Κ_sᵀ V̄_s for every segment but the last
+///   2. (in order) prefix states S_s, as the forward
+///   3. (parallel) chunks in order: seed G, dΨ (prefix form) → dq by encode_backward; Δ'_s = Ψ_sᵀ G_s
+///   4. (in order) suffix states U_s = Σ_{t > s} Δ'_t
+///   5. (parallel) chunks in reverse: dΚ, dV (suffix form) → dk by encode_backward
+/// Segments as in causal_forward (`split`); the partition depends on the shape only, so results do not
+/// depend on the thread count. Flops ≈ 10·N·M'·E + N·C·(6·M' + 4·E) (forward: 4·N·M'·E + 2·N·C·(M' + E)).
+template <class S, class Encode, class EncodeBackward>
+void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<const row_matrix<S>>& k,
+                     const Eigen::Ref<const row_matrix<S>>& v, const Eigen::Ref<const row_matrix<S>>& dout,
+                     Eigen::Ref<row_matrix<S>> dq, Eigen::Ref<row_matrix<S>> dk, Eigen::Ref<row_matrix<S>> dv, index first,
+                     bool split, const mixer_setup& setup, normalization norm, S eps, const Encode& encode,
+                     const EncodeBackward& encode_backward, workspace<S>& ws)
+{
+    const index n = q.rows(), e = v.cols(), chunk = setup.chunk, m = setup.m;
+    const bool with_den = setup.with_den;
+    const index block = std::max<index>(1, std::min(fused_block, setup.segment_rows) / chunk) * chunk;
+    const index segment = split ? std::max<index>(1, setup.segment_rows / block) * block : n;
+    const index segments = (n + segment - 1) / segment;
+    const index cmax = std::min(chunk, n);
+    scratch_scope<S> scope(ws.local());
+    auto psi = scope.matrix(n, m), kappa = scope.matrix(n, m), g = scope.matrix(n, e); // (N, M'), (N, M'), (N, E)
+    auto g_den = scope.vec(n);                                                          // (N)
+    auto a = scope.matrix(n, cmax), b = scope.matrix(n, cmax);                          // chunk c in rows of c
+    const auto pairs = [&](index i0, index rows) {
+        return chunk_pairs<S>{psi.middleRows(i0, rows), kappa.middleRows(i0, rows), v.middleRows(i0, rows),
+                              a.middleRows(i0, rows).leftCols(rows), b.middleRows(i0, rows).leftCols(rows)};
+    };
+    std::vector<causal_state<S>> start(static_cast<std::size_t>(segments)), after(start.size());
+    parallel_for(segments, setup.threads, [&](index s) {
+        const index s0 = s * segment, srows = std::min(segment, n - s0);
+        if (s + 1 < segments) start[s].reset(m, e, with_den);
+        for (index r0 = s0; r0 < s0 + srows; r0 += block) {
+            const index rows = std::min(block, s0 + srows - r0);
+            kappa.middleRows(r0, rows) = encode(k.middleRows(r0, rows), role::key, first + r0);
+            if (s + 1 < segments) start[s].add(kappa.middleRows(r0, rows), v.middleRows(r0, rows));
+        }
+    });
+    causal_state<S> running;
+    running.reset(m, e, with_den);
+    for (index s = 0; s + 1 < segments; ++s) {
+        start[s].s.swap(running.s);
+        start[s].z.swap(running.z);
+        running += start[s];
+    }
+    start.back() = std::move(running);
+    parallel_for(segments, setup.threads, [&](index s) {
+        const index s0 = s * segment, srows = std::min(segment, n - s0);
+        causal_state<S>& state = start[s];
+        after[s].reset(m, e, with_den);
+        row_matrix<S> dpsi;
+        for (index r0 = s0; r0 < s0 + srows; r0 += block) {
+            const index rows = std::min(block, s0 + srows - r0);
+            psi.middleRows(r0, rows) = encode(q.middleRows(r0, rows), role::query, first + r0);
+            dpsi.resize(rows, m);
+            for (index c0 = 0; c0 < rows; c0 += chunk) {
+                const index i0 = r0 + c0, cr = std::min(chunk, rows - c0);
+                chunk_pairs<S> own = pairs(i0, cr);
+                backward_query_rows<S>(psi.middleRows(i0, cr), dout.middleRows(i0, cr), state, &own, norm, eps,
+                                       g.middleRows(i0, cr), g_den.segment(i0, cr), dpsi.middleRows(c0, cr));
+                state.add(kappa.middleRows(i0, cr), v.middleRows(i0, cr));
+            }
+            encode_backward(q.middleRows(r0, rows), psi.middleRows(r0, rows), dpsi, dq.middleRows(r0, rows), role::query,
+                            first + r0);
+            if (s > 0) add_suffix(after[s], psi.middleRows(r0, rows), g.middleRows(r0, rows), g_den.segment(r0, rows));
+        }
+    });
+    causal_state<S> suffix;
+    suffix.reset(m, e, with_den);
+    for (index s = segments - 1; s >= 0; --s) {
+        start[s] = suffix; // now U_s: queries after segment s
+        if (s > 0) suffix += after[s];
+    }
+    parallel_for(segments, setup.threads, [&](index s) {
+        const index s0 = s * segment, srows = std::min(segment, n - s0);
+        causal_state<S>& u = start[s];
+        row_matrix<S> dkappa;
+        for (index r0 = s0 + (srows - 1) / block * block; r0 >= s0; r0 -= block) {
+            const index rows = std::min(block, s0 + srows - r0);
+            dkappa.resize(rows, m);
+            for (index c0 = (rows - 1) / chunk * chunk; c0 >= 0; c0 -= chunk) {
+                const index i0 = r0 + c0, cr = std::min(chunk, rows - c0);
+                const chunk_pairs<S> own = pairs(i0, cr);
+                backward_key_rows<S>(kappa.middleRows(i0, cr), v.middleRows(i0, cr), u, &own, g.middleRows(i0, cr),
+                                     dkappa.middleRows(c0, cr), dv.middleRows(i0, cr));
+                add_suffix(u, psi.middleRows(i0, cr), g.middleRows(i0, cr), g_den.segment(i0, cr));
+            }
+            encode_backward(k.middleRows(r0, rows), kappa.middleRows(r0, rows), dkappa, dk.middleRows(r0, rows), role::key,
+                            first + r0);
+        }
+    });
 }
 
 } // namespace detail

@@ -61,5 +61,63 @@ void noncausal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Re
     });
 }
 
+/// \brief VJP of noncausal_forward: dq (N, D), dk (Nk, D), dv (Nk, E) for the seed dout (N, E), in the four
+/// GEMMs of DESIGN §13 (plus the state S of the forward, recomputed):
+///
+///     S = Κᵀ V̄,   dΨ = G Sᵀ,   U = Ψᵀ G,   dΚ = V̄ Uᵀ,   dV = Κ U_g
+///
+/// with G the normalization's seed (backward_query_rows forms it without the numerator under `sum`).
+///   1. (parallel over key blocks) κ_b = encode(K_b), kept; partial S summed in block order
+///   2. (parallel over query blocks) ψ_b, G_b, dΨ_b → dq_b by encode_backward; partial U in block order
+///   3. (parallel over key blocks) dΚ_b, dV_b → dk_b by encode_backward
+/// Flops ≈ 2·M'·Ex·(3·Nk + 2·N) (4·N·M'·Ex more under `rms`, which needs the numerator); extra memory
+/// O(Nk·M' + block·(M' + E) + blocks·M'·E), κ from the workspace. Thread-independent like the forward.
+template <class S, class Encode, class EncodeBackward>
+void noncausal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<const row_matrix<S>>& k,
+                        const Eigen::Ref<const row_matrix<S>>& v, const Eigen::Ref<const row_matrix<S>>& dout,
+                        Eigen::Ref<row_matrix<S>> dq, Eigen::Ref<row_matrix<S>> dk, Eigen::Ref<row_matrix<S>> dv,
+                        index q_first, index k_first, const mixer_setup& setup, normalization norm, S eps,
+                        const Encode& encode, const EncodeBackward& encode_backward, workspace<S>& ws)
+{
+    const index n = q.rows(), nk = k.rows(), e = v.cols(), m = setup.m;
+    const bool with_den = setup.with_den;
+    scratch_scope<S> scope(ws.local());
+    auto kappa = scope.matrix(nk, m); // (Nk, M')
+    const index kblocks = std::max<index>(1, (nk + fused_block - 1) / fused_block);
+    std::vector<causal_state<S>> partial(static_cast<std::size_t>(kblocks));
+    parallel_for(kblocks, setup.threads, [&](index b) {
+        const index r0 = b * fused_block, rows = std::min(fused_block, nk - r0);
+        kappa.middleRows(r0, rows) = encode(k.middleRows(r0, rows), role::key, k_first + r0);
+        partial[b].reset(m, e, with_den);
+        partial[b].add(kappa.middleRows(r0, rows), v.middleRows(r0, rows));
+    });
+    causal_state<S> state; // S (M', E), z (M')
+    state.reset(m, e, with_den);
+    for (const auto& p : partial) state += p;
+    const index qblocks = (n + fused_block - 1) / fused_block;
+    std::vector<causal_state<S>> upart(static_cast<std::size_t>(qblocks));
+    parallel_for(qblocks, setup.threads, [&](index b) {
+        const index r0 = b * fused_block, rows = std::min(fused_block, n - r0);
+        const row_matrix<S> psi = encode(q.middleRows(r0, rows), role::query, q_first + r0); // (rows, M')
+        row_matrix<S> g(rows, e), dpsi(rows, m);                                             // (rows, E), (rows, M')
+        vector<S> g_den(rows);
+        backward_query_rows<S>(psi, dout.middleRows(r0, rows), state, nullptr, norm, eps, g, g_den, dpsi);
+        encode_backward(q.middleRows(r0, rows), psi, dpsi, dq.middleRows(r0, rows), role::query, q_first + r0);
+        upart[b].reset(m, e, with_den);
+        add_suffix(upart[b], psi, g, g_den);
+    });
+    causal_state<S> u; // U_g (M', E), u_den (M')
+    u.reset(m, e, with_den);
+    for (const auto& p : upart) u += p;
+    parallel_for(kblocks, setup.threads, [&](index b) {
+        const index r0 = b * fused_block, rows = std::min(fused_block, nk - r0);
+        row_matrix<S> dkappa(rows, m); // (rows, M')
+        backward_key_rows<S>(kappa.middleRows(r0, rows), v.middleRows(r0, rows), u, nullptr, dout.topRows(0), dkappa,
+                             dv.middleRows(r0, rows));
+        encode_backward(k.middleRows(r0, rows), kappa.middleRows(r0, rows), dkappa, dk.middleRows(r0, rows), role::key,
+                        k_first + r0);
+    });
+}
+
 } // namespace detail
 } // namespace linrpe

@@ -35,5 +35,34 @@ void normalize_rows(Eigen::Ref<row_matrix<S>> out, const vector<S>* den, normali
     }
 }
 
+/// \brief Seed of the backward under `sum` (DESIGN §13): for rows with denominator den and
+/// dot_i = dout_i · num_i, out = num / (den + eps) gives ∂/∂num = inv ⊙ dout and ∂/∂den = g_den with
+///
+///     inv_i = 1 / (den_i + eps),   g_den_i = −dot_i · inv_i²   (= −rowsum(dout ⊙ out)_i / (den_i + eps))
+///
+/// The caller scales its dout-based rows by inv (the mixers form dot without the numerator, see causal_mixer).
+template <class S>
+void sum_seed(const vector<S>& den, const vector<S>& dot, S eps, vector<S>& inv, Eigen::Ref<vector<S>> g_den)
+{
+    inv = (den.array() + eps).inverse().matrix();
+    g_den = (-dot.array() * inv.array().square()).matrix();
+}
+
+/// \brief Seed of the backward under `rms`: out = num / r, r = sqrt(mean_e num² + eps), so
+///
+///     ∂out_e/∂num_f = δ_ef / r − num_e num_f / (E r³)   ⇒   g = (dout − out · mean_e(dout ⊙ out)) / r
+///
+/// for numerator rows `num` and seed rows `dout` (rows, E); writes g (rows, E).
+template <class S>
+void rms_seed(const Eigen::Ref<const row_matrix<S>>& num, const Eigen::Ref<const row_matrix<S>>& dout,
+              Eigen::Ref<row_matrix<S>> g, S eps)
+{
+    const S inv_e = S(1) / static_cast<S>(std::max<index>(num.cols(), 1));
+    const vector<S> inv_r = (num.rowwise().squaredNorm().array() * inv_e + eps).rsqrt().matrix(); // (rows)
+    const row_matrix<S> out = (num.array().colwise() * inv_r.array()).matrix();                  // (rows, E)
+    const vector<S> mean = (dout.array() * out.array()).rowwise().sum().matrix() * inv_e;        // (rows)
+    g = ((dout.array() - out.array().colwise() * mean.array()).colwise() * inv_r.array()).matrix();
+}
+
 } // namespace detail
 } // namespace linrpe

@@ -149,5 +149,45 @@ struct scalar_of<P, std::void_t<typename P::scalar_type>> {
     using type = typename P::scalar_type;
 };
 
+// ---- gradients (DESIGN §13) ---------------------------------------------------------------------------
+
+/// Optional VJP hook of a feature map: `apply_backward(x, phi, dphi, dx, feature_context)` writes
+/// dx = J_φ(x)ᵀ dphi for rows x and their features phi = apply(x). Maps without it work forward only.
+template <class F, class S, class = void>
+struct has_apply_backward : std::false_type {};
+template <class F, class S>
+struct has_apply_backward<F, S,
+                          std::void_t<decltype(std::declval<const F&>().apply_backward(
+                              std::declval<const in_ref<S>&>(), std::declval<const in_ref<S>&>(),
+                              std::declval<const in_ref<S>&>(), std::declval<out_ref<S>>(),
+                              std::declval<const feature_context&>()))>> : std::true_type {};
+template <class F, class S>
+inline constexpr bool has_apply_backward_v = has_apply_backward<F, S>::value;
+
+/// Optional VJP hooks of a pre-feature encoding, `encode_pre_backward(du, dx, first_position, head, role)`
+/// (dx = pre_iᵀ du; pre is linear in x), and of a post-feature encoding,
+/// `encode_post_backward(dpsi, dphi, first_position, head, role)` (dphi = post_iᵀ dpsi).
+template <class P, class S, class = void>
+struct has_pre_backward : std::false_type {};
+template <class P, class S>
+struct has_pre_backward<P, S,
+                        std::void_t<decltype(std::declval<const P&>().encode_pre_backward(
+                            std::declval<const in_ref<S>&>(), std::declval<out_ref<S>>(), index(0), index(0),
+                            role::query))>> : std::true_type {};
+template <class P, class S, class = void>
+struct has_post_backward : std::false_type {};
+template <class P, class S>
+struct has_post_backward<P, S,
+                         std::void_t<decltype(std::declval<const P&>().encode_post_backward(
+                             std::declval<const in_ref<S>&>(), std::declval<out_ref<S>>(), index(0), index(0),
+                             role::query))>> : std::true_type {};
+
+/// True when every feature-side stage P declares has its VJP hook (sequence mixing is checked apart).
+template <class P, class S>
+constexpr bool encoding_backward_ok()
+{
+    return (!P::has_pre_feature || has_pre_backward<P, S>::value) && (!P::has_post_feature || has_post_backward<P, S>::value);
+}
+
 } // namespace detail
 } // namespace linrpe

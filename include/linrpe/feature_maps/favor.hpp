@@ -88,6 +88,38 @@ public:
         phi = (phi.array().exp() * norm).matrix();
     }
 
+    /// \brief VJP hook (DESIGN §13): dx = J_φ(x)ᵀ dphi of the function apply() computes, given x and its
+    /// features `phi` = apply(x, ctx).
+    ///
+    /// With l_r = ±ω_r·x' − ‖x'‖²/2 − shift and φ_r = c·exp(l_r): a = dphi ⊙ φ = ∂/∂l. The query shift
+    /// (`sum`) is l_{r*} for the row's own argmax r*, so it adds −Σ_r a_r to a_{r*} (then Σ_r a_r = 0: the
+    /// gradient of a row-scale-invariant function). Then dx' = (a₊ − a₋) ω − (Σ_r a_r) x', dx = D^{-1/4} dx'.
+    /// One (N, M)·(M, D) GEMM; O(N·M) extra memory.
+    template <class S>
+    void apply_backward(const Eigen::Ref<const row_matrix<S>>& x, const Eigen::Ref<const row_matrix<S>>& phi,
+                        const Eigen::Ref<const row_matrix<S>>& dphi, Eigen::Ref<row_matrix<S>> dx,
+                        const feature_context& ctx) const
+    {
+        const index n = x.rows(), m = m_features;
+        if (n == 0) return;
+        const S scale = static_cast<S>(std::pow(static_cast<double>(m_input_dim), -0.25));
+        row_matrix<S> a = (dphi.array() * phi.array()).matrix(); // (n, M')
+        if (ctx.which == role::query && ctx.row_scale_cancels) {
+            for (index i = 0; i < n; ++i) {
+                index top = 0;
+                phi.row(i).maxCoeff(&top); // exp is monotone: the argmax of l is the argmax of φ
+                a(i, top) -= a.row(i).sum();
+            }
+        }
+        const vector<S> total = a.rowwise().sum(); // (n)
+        row_matrix<S> a_lin = a.leftCols(m);        // (n, M)
+        if (m_hyperbolic) a_lin -= a.rightCols(m);
+        const row_matrix<S> omega = projection(ctx.head).template cast<S>(); // (M, D)
+        dx.noalias() = a_lin * omega;                                         // (n, D)
+        dx -= (x.array().colwise() * (total.array() * scale)).matrix();
+        dx *= scale;
+    }
+
 private:
     std::size_t draw_of(index head) const { return m_omega.size() == 1 ? 0 : static_cast<std::size_t>(head); }
 

@@ -26,6 +26,14 @@ struct relu {
     {
         phi = (x.array().max(S(0)) + static_cast<S>(floor)).matrix();
     }
+    /// VJP hook (DESIGN §13): dx = dphi ⊙ 1[x > 0] (the floor is a constant; the kink at 0 takes slope 0).
+    template <class S>
+    void apply_backward(const Eigen::Ref<const row_matrix<S>>& x, const Eigen::Ref<const row_matrix<S>>& /*phi*/,
+                        const Eigen::Ref<const row_matrix<S>>& dphi, Eigen::Ref<row_matrix<S>> dx,
+                        const feature_context&) const
+    {
+        dx = (x.array() > S(0)).select(dphi.array(), S(0)).matrix();
+    }
 };
 
 } // namespace feature_maps

@@ -69,6 +69,31 @@ public:
         phi.rightCols(m) = (proj.array().cos().colwise() * amp.array()).matrix();
     }
 
+    /// \brief VJP hook (DESIGN §13): dx = J_φ(x)ᵀ dphi given x and `phi` = apply(x, ctx).
+    ///
+    /// With p = ω x' and φ = a(x) [sin p, cos p]: ∂/∂p = dphi_sin ⊙ φ_cos − dphi_cos ⊙ φ_sin (read from phi,
+    /// no trigonometric call), and where the amplitude a = M^{-1/2} exp(‖x'‖²/2) is kept (not a query under
+    /// `sum`) it adds (Σ_r dphi_r φ_r) x'. dx = D^{-1/4} dx'. One (N, M)·(M, D) GEMM.
+    template <class S>
+    void apply_backward(const Eigen::Ref<const row_matrix<S>>& x, const Eigen::Ref<const row_matrix<S>>& phi,
+                        const Eigen::Ref<const row_matrix<S>>& dphi, Eigen::Ref<row_matrix<S>> dx,
+                        const feature_context& ctx) const
+    {
+        const index n = x.rows(), m = m_features;
+        if (n == 0) return;
+        const S scale = static_cast<S>(std::pow(static_cast<double>(m_input_dim), -0.25));
+        const row_matrix<S> dp = (dphi.leftCols(m).array() * phi.rightCols(m).array() -
+                                  dphi.rightCols(m).array() * phi.leftCols(m).array())
+                                     .matrix();                               // (n, M)
+        const row_matrix<S> omega = projection(ctx.head).template cast<S>(); // (M, D)
+        dx.noalias() = dp * omega;                                            // (n, D)
+        if (!(ctx.which == role::query && ctx.row_scale_cancels)) {
+            const vector<S> radial = (dphi.array() * phi.array()).rowwise().sum(); // (n)
+            dx += (x.array().colwise() * (radial.array() * scale)).matrix();
+        }
+        dx *= scale;
+    }
+
 private:
     std::size_t draw_of(index head) const { return m_omega.size() == 1 ? 0 : static_cast<std::size_t>(head); }
 

@@ -1,0 +1,99 @@
+// Backward of the core (positional::none, elu+1, `sum`, float, B = 1, H = 8, D = M = E = 64), non-causal and
+// causal: time against the in-binary GEMM roofline, backward / forward time (paired), 64k / 16k scaling
+// (paired). Extra memory: benchmarks/bm_memory.cpp (memory_backward_*).
+//
+// FLOPs counted per head (M = E = 64, Ex = E + 1 under `sum`): the GEMM-form backward does
+//     recomputed state S = Κᵀ V̄   2·N·M·Ex      dΨ = G Sᵀ   2·N·M·Ex      U = Ψᵀ G   2·N·M·Ex
+//     dΚ = V̄ Uᵀ                   2·N·M·Ex      dV = Κ U    2·N·M·E
+// ≈ 10·N·M·E useful flops (the forward: 4·N·M·E). The causal form adds N·C·(6·M + 4·E) in-chunk flops that
+// the count leaves out (as bm_core does for the forward), so its ratio is against the same useful work.
+// The roofline pass times 4·N·M·E flops of GEMM; roofline_ratio scales it by 10/4.
+#include "bench_support.hpp"
+
+namespace {
+using namespace linrpe;
+using linrpe::index;
+constexpr index n_heads = 8, d_width = 64; // not `heads`/`width`: bench::problem has members of those names
+constexpr double useful_over_roofline = 10.0 / 4.0;
+
+// Inputs, a fixed seed dOut and the gradient buffers of one (1, H, N, 64) problem, with a workspace kept
+// across calls (as a training loop would).
+struct backward_problem : bench::problem<float> {
+    std::vector<float> dout, dq, dk, dv;
+    workspace<float> ws;
+
+    explicit backward_problem(index n)
+        : bench::problem<float>(n_heads, n, d_width), dout(bench::buffer<float>(1, n_heads, n, d_width, 1.0f, 4)), dq(q.size()),
+          dk(k.size()), dv(v.size())
+    {
+    }
+    template <class Attention>
+    void backward(const Attention& attn)
+    {
+        const auto in = [&](const std::vector<float>& x) { return view_bhnd(x.data(), 1, heads, n, width); };
+        const auto out = [&](std::vector<float>& x) { return view_bhnd(x.data(), 1, heads, n, width); };
+        attn.backward(in(q), in(k), in(v), in(dout), out(dq), out(dk), out(dv), 0, &ws);
+        benchmark::DoNotOptimize(dq.data());
+        benchmark::ClobberMemory();
+    }
+};
+
+using elu_attention = linear_attention<feature_maps::elu_plus_one, positional::none, float>;
+
+elu_attention make(masking mask)
+{
+    options<float> opt;
+    opt.mask = mask;
+    return elu_attention({}, {}, opt);
+}
+
+template <masking Mask>
+void BM_backward(benchmark::State& state)
+{
+    const index n = state.range(0);
+    backward_problem p(n);
+    const elu_attention attn = make(Mask);
+    p.backward(attn); // first call sizes the workspace
+    bench::run_against_roofline<float>(state, n_heads, n, d_width, d_width, [&] { p.backward(attn); });
+    const double roofline_s = state.counters["roofline_s"].value;
+    const double ratio = state.counters["roofline_ratio"].value;
+    bench::set_counters(state, double(n), useful_over_roofline * 4.0 * double(n_heads) * double(n) * d_width * d_width, roofline_s);
+    state.counters["roofline_ratio"] = ratio * useful_over_roofline;
+    state.SetComplexityN(n);
+}
+
+// backward time / forward time at one length, the two alternating (bench::scaling_ratio).
+template <masking Mask>
+void BM_backward_over_forward(benchmark::State& state)
+{
+    backward_problem p(state.range(0));
+    const elu_attention attn = make(Mask);
+    p.backward(attn);
+    bench::scaling_ratio(state, [&] { p.forward(attn); }, [&] { p.backward(attn); }, "bwd_over_fwd");
+}
+
+// time(64k) / time(16k) of the backward, both lengths in every iteration.
+template <masking Mask>
+void BM_backward_scaling(benchmark::State& state)
+{
+    backward_problem small(state.range(0)), big(state.range(1));
+    const elu_attention attn = make(Mask);
+    small.backward(attn);
+    big.backward(attn);
+    bench::scaling_ratio(state, [&] { small.backward(attn); }, [&] { big.backward(attn); });
+}
+
+void lengths(benchmark::internal::Benchmark* b)
+{
+    b->ArgNames({"N"});
+    for (std::int64_t n = 1 << 10; n <= (1 << 16); n *= 4) b->Arg(n);
+    b->Unit(benchmark::kMillisecond)->UseManualTime();
+}
+} // namespace
+
+BENCHMARK_TEMPLATE(BM_backward, masking::none)->Name("backward_noncausal")->Apply(lengths);
+BENCHMARK_TEMPLATE(BM_backward, masking::causal)->Name("backward_causal")->Apply(lengths);
+BENCHMARK_TEMPLATE(BM_backward_over_forward, masking::none)->Name("bwd_over_fwd_noncausal")->Arg(1 << 14)->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_backward_over_forward, masking::causal)->Name("bwd_over_fwd_causal")->Arg(1 << 14)->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_backward_scaling, masking::none)->Name("scaling_backward_noncausal")->Args({1 << 14, 1 << 16})->Iterations(7)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_backward_scaling, masking::causal)->Name("scaling_backward_causal")->Args({1 << 14, 1 << 16})->Iterations(7)->Unit(benchmark::kMillisecond)->UseRealTime();
