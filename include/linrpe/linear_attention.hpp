@@ -20,6 +20,7 @@
 #include <Eigen/Core>
 
 #include <cmath>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -224,10 +225,11 @@ public:
         check("dq shape", q.rows(), q.cols(), dq.rows(), dq.cols());
         check("dk shape", k.rows(), k.cols(), dk.rows(), dk.cols());
         check("dv shape", v.rows(), v.cols(), dv.rows(), dv.cols());
-        workspace<Scalar> local;
-        workspace<Scalar>& w = ws ? *ws : local;
-        w.prepare(workspace_slots());
-        run_head_backward(q, k, v, dout, dq, dk, dv, head, q_first, k_first, 1, w);
+        const detail::serial_eigen_scope serial_eigen;
+        std::optional<typename detail::workspace_pool<Scalar>::lease> lease;
+        if (!ws) ws = &lease.emplace(m_pool).get(); // the attention's own workspace, as for forward()
+        ws->prepare(call_slots(m_opt.threads));
+        run_head_backward(q, k, v, dout, dq, dk, dv, head, q_first, k_first, 1, *ws);
     }
 
     /// \brief Batched backward over strided views (either memory layout): q, dq (B, H, N, D), k, dk
@@ -256,15 +258,20 @@ public:
         check("dq view", dq, q, q.channels());
         check("dk view", dk, k, k.channels());
         check("dv view", dv, v, v.channels());
-        workspace<Scalar> local;
-        workspace<Scalar>& w = ws ? *ws : local;
-        w.prepare(workspace_slots());
+        const detail::serial_eigen_scope serial_eigen;
+        std::optional<typename detail::workspace_pool<Scalar>::lease> lease;
+        if (!ws) ws = &lease.emplace(m_pool).get();
+        ws->prepare(call_slots(m_opt.threads));
         const index heads = q.heads(), calls = q.batch() * heads;
-        detail::parallel_for(calls, head_threads(calls, q.tokens()), [&](index bh) {
-            const index b = bh / heads, h = bh % heads;
-            run_head_backward(q.slice(b, h), k.slice(b, h), v.slice(b, h), dout.slice(b, h), dq.slice(b, h), dk.slice(b, h),
-                              dv.slice(b, h), h, first_position, first_position, calls, w);
-        });
+        detail::parallel_for(
+            calls, head_threads(calls, q.tokens()),
+            [&](index bh) {
+                const index b = bh / heads, h = bh % heads;
+                run_head_backward(q.slice(b, h), k.slice(b, h), v.slice(b, h), dout.slice(b, h), dq.slice(b, h),
+                                  dk.slice(b, h), dv.slice(b, h), h, first_position, first_position, calls, *ws);
+            },
+            2.5 * head_work(q.tokens(), k.tokens(), q.channels(), v.channels())); // backward ≈ 2.5 forwards
+
     }
 
 private:
@@ -519,16 +526,6 @@ private:
     }
 
     // Arenas a call needs: one per thread of the largest team it can open, and the caller's own slot.
-    int workspace_slots() const
-    {
-#if defined(_OPENMP)
-        const int team = m_opt.threads > 0 ? m_opt.threads : omp_get_max_threads();
-#else
-        const int team = 1;
-#endif
-        return std::max(team, detail::thread_slot() + 1);
-    }
-
     // Validated inputs → dq, dk, dv (DESIGN §13); `call_heads` selects the causal threading as in run_head.
     void run_head_backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq,
                            ref dk, ref dv, index head, index q_first, index k_first, index call_heads,
