@@ -8,9 +8,12 @@
 ///
 ///     out_c = Ψ_c S + tril(Ψ_c Κ_cᵀ) V_c,   den_c = Ψ_c z + tril(Ψ_c Κ_cᵀ) 1,   S += Κ_cᵀ V_c,   z += Κ_cᵀ 1
 ///
-/// Four (C, M)·(M, C)-sized GEMMs per chunk, all on rows already in cache: 2·N·(2·M·E + C·(M + E)) flops,
-/// O(C²) scratch. Only the lower triangle of Ψ_c Κ_cᵀ is kept and S holds earlier chunks only, so row i
-/// never uses a later key: outputs up to i are bit-identical whatever (finite) values later tokens hold.
+/// GEMMs on rows already in cache: about 2·N·(2·M·E + C·M + C·E/2) flops, O(C²) scratch. S holds earlier
+/// chunks only, and tril(Ψ_c Κ_cᵀ) V_c is never formed as a full (C, C)·(C, E) product: a zero above the
+/// diagonal times a NaN or ±Inf value is NaN, so a masked GEMM would let one non-finite future value turn
+/// every earlier row of its chunk into NaN. The triangle is split by halving (lower_triangle_product):
+/// off-diagonal halves by GEMM over past rows only, leaves of <= 8 rows by loops over j <= i. So row i never
+/// reads a later key or value, and outputs up to i are bit-identical whatever values later tokens hold.
 
 #include "../types.hpp"
 #include "mixer_setup.hpp"
@@ -53,6 +56,29 @@ struct causal_state {
     }
 };
 
+/// Rows of a leaf of lower_triangle_product: below this the loops beat a GEMM call, above it the GEMM of
+/// the off-diagonal half keeps most of the work at GEMM speed (half of it is below the leaves).
+inline constexpr index triangle_leaf_rows = 8;
+
+/// \brief acc.middleRows(r0, rows) += tril(a)(r0.., r0..) · v.middleRows(r0, rows) for the diagonal block
+/// [r0, r0 + rows) of `a`, reading only a(i, j) and v row j for j <= i (entries above the diagonal are never
+/// read, whatever they hold). Recursive halving: [T₁ 0; B T₂]·[v₁; v₂] = [T₁ v₁; B v₁ + T₂ v₂], where B v₁
+/// is a GEMM of past rows only. About rows²·E/2 multiply-adds (half the masked product's), all in GEMMs but
+/// the ≈ rows·8·E/2 of the leaves.
+template <class A, class Values, class Acc>
+void lower_triangle_product(const A& a, const Values& v, Acc& acc, index r0, index rows)
+{
+    if (rows <= triangle_leaf_rows) {
+        for (index i = r0; i < r0 + rows; ++i)
+            for (index j = r0; j <= i; ++j) acc.row(i) += a(i, j) * v.row(j); // (E)
+        return;
+    }
+    const index h = rows / 2;
+    lower_triangle_product(a, v, acc, r0, h);
+    acc.middleRows(r0 + h, rows - h).noalias() += a.block(r0 + h, r0, rows - h, h) * v.middleRows(r0, h); // (rows − h, E)
+    lower_triangle_product(a, v, acc, r0 + h, rows - h);
+}
+
 /// \brief Causal chunk recurrence over `psi`, `kappa` (rows, M) and `v` (rows, E), continuing from `state`
 /// and leaving it after the last row. Writes the numerator into `num` (rows, E) and, when `den` is
 /// non-null, the denominator into `den` (rows). `scores` is (C, C) scratch reused across calls.
@@ -69,11 +95,12 @@ void causal_chunks(const Psi& psi, const Kappa& kappa, const Values& v, Num&& nu
         const auto v_c = v.middleRows(r0, rows);         // (C, E)
         auto num_c = num.middleRows(r0, rows);           // (C, E)
         auto a = scores.topLeftCorner(rows, rows);       // (C, C)
-        a.noalias() = psi_c * kappa_c.transpose();
-        a.template triangularView<Eigen::StrictlyUpper>().setZero();
+        a.noalias() = psi_c * kappa_c.transpose(); // (C, C): above the diagonal a later key (maybe NaN)
         num_c.noalias() = psi_c * state.s;
-        num_c.noalias() += a * v_c;
+        lower_triangle_product(a, v_c, num_c, 0, rows);
         if (den) {
+            // Overwritten, not multiplied: the row sums then never see a later key.
+            a.template triangularView<Eigen::StrictlyUpper>().setZero();
             auto den_c = den->segment(r0, rows);
             den_c.noalias() = psi_c * state.z;
             den_c += a.rowwise().sum();
