@@ -81,13 +81,16 @@ void lower_triangle_product(const A& a, const Values& v, Acc& acc, index r0, ind
 
 /// \brief Causal chunk recurrence over `psi`, `kappa` (rows, M) and `v` (rows, E), continuing from `state`
 /// and leaving it after the last row. Writes the numerator into `num` (rows, E) and, when `den` is
-/// non-null, the denominator into `den` (rows). `scores` is (C, C) scratch reused across calls.
+/// non-null, the denominator into `den` (rows). `scores` is (C, C + E) scratch reused across calls: the
+/// scores, and Ψ_c S + tril(Ψ_c Κ_cᵀ) V_c accumulated in memory of fixed alignment, then copied to `num`. Its small products take
+/// alignment-dependent vector paths (peeled FMA vs packet), so accumulating straight into `num` would make
+/// the rounding depend on the caller's buffer address (seen: results changing with the output buffer).
 template <class S, class Psi, class Kappa, class Values, class Num>
 void causal_chunks(const Psi& psi, const Kappa& kappa, const Values& v, Num&& num, vector<S>* den,
                    causal_state<S>& state, index chunk, row_matrix<S>& scores)
 {
-    const index n = psi.rows();
-    if (scores.rows() < chunk || scores.cols() < chunk) scores.resize(chunk, chunk);
+    const index n = psi.rows(), e = v.cols();
+    if (scores.rows() != chunk || scores.cols() != chunk + e) scores.resize(chunk, chunk + e);
     for (index r0 = 0; r0 < n; r0 += chunk) {
         const index rows = std::min(chunk, n - r0);
         const auto psi_c = psi.middleRows(r0, rows);     // (C, M)
@@ -95,9 +98,11 @@ void causal_chunks(const Psi& psi, const Kappa& kappa, const Values& v, Num&& nu
         const auto v_c = v.middleRows(r0, rows);         // (C, E)
         auto num_c = num.middleRows(r0, rows);           // (C, E)
         auto a = scores.topLeftCorner(rows, rows);       // (C, C)
+        auto tri = scores.block(0, chunk, rows, e);      // (C, E)
         a.noalias() = psi_c * kappa_c.transpose(); // (C, C): above the diagonal a later key (maybe NaN)
-        num_c.noalias() = psi_c * state.s;
-        lower_triangle_product(a, v_c, num_c, 0, rows);
+        tri.noalias() = psi_c * state.s;
+        lower_triangle_product(a, v_c, tri, 0, rows);
+        num_c = tri;
         if (den) {
             // Overwritten, not multiplied: the row sums then never see a later key.
             a.template triangularView<Eigen::StrictlyUpper>().setZero();
