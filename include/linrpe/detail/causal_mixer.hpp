@@ -8,7 +8,7 @@
 ///
 ///     out_c = Ψ_c S + tril(Ψ_c Κ_cᵀ) V_c,   den_c = Ψ_c z + tril(Ψ_c Κ_cᵀ) 1,   S += Κ_cᵀ V_c,   z += Κ_cᵀ 1
 ///
-/// GEMMs on rows already in cache: about 2·N·(2·M·E + C·M + C·E/2) flops, O(C²) scratch. S holds earlier
+/// GEMMs on rows already in cache: about 2·N·(2·M·E + C·M + C·E/2) flops, O(C·(C + E)) scratch. S holds earlier
 /// chunks only, and tril(Ψ_c Κ_cᵀ) V_c is never formed as a full (C, C)·(C, E) product: a zero above the
 /// diagonal times a NaN or ±Inf value is NaN, so a masked GEMM would let one non-finite future value turn
 /// every earlier row of its chunk into NaN. The triangle is split by halving (lower_triangle_product):
@@ -83,8 +83,8 @@ void lower_triangle_product(const A& a, const Values& v, Acc& acc, index r0, ind
 /// \brief Causal chunk recurrence over `psi`, `kappa` (rows, M) and `v` (rows, E), continuing from `state`
 /// and leaving it after the last row. Writes the numerator into `num` (rows, E) and, when `den` is
 /// non-null, the denominator into `den` (rows). `scores` is (C, C + E) scratch reused across calls: the
-/// scores, and Ψ_c S + tril(Ψ_c Κ_cᵀ) V_c accumulated in memory of fixed alignment, then copied to `num`. Its small products take
-/// alignment-dependent vector paths (peeled FMA vs packet), so accumulating straight into `num` would make
+/// scores, and Ψ_c S + tril(Ψ_c Κ_cᵀ) V_c accumulated in memory of fixed alignment, then copied to `num`.
+/// The leaves' small products take alignment-dependent vector paths (peeled FMA vs packet), so accumulating straight into `num` would make
 /// the rounding depend on the caller's buffer address (seen: results changing with the output buffer).
 template <class S, class Psi, class Kappa, class Values, class Num>
 void causal_chunks(const Psi& psi, const Kappa& kappa, const Values& v, Num&& num, vector<S>* den,
