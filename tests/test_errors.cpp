@@ -69,8 +69,8 @@ TEST_CASE("feature-map parameter errors name the parameter", "[errors]")
     throws_naming([] { feature_maps::favor(0, 8); }, "favor input_dim");
     throws_naming([] { feature_maps::favor(4, 8, 0, true, false, 0); }, "favor heads");
     throws_naming([] { feature_maps::trig_features(4, -2); }, "trig_features features");
-    throws_naming([] { feature_maps::relu(-1.0); }, "relu floor");
-    throws_naming([] { feature_maps::relu(std::numeric_limits<double>::quiet_NaN()); }, "relu floor");
+    throws_naming([] { feature_maps::relu(-1.0); }, "relu shift");
+    throws_naming([] { feature_maps::relu(std::numeric_limits<double>::quiet_NaN()); }, "relu shift");
     const linear_attention<feature_maps::favor, positional::none, double> attn(feature_maps::favor(4, 8, 0, true, false, 2));
     const row_matrix<double> x = test::uniform<double>(3, 5, 1), v = test::uniform<double>(3, 2, 2);
     throws_naming([&] { attn(x, x, v); }, "favor input_dim");

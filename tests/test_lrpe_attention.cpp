@@ -277,10 +277,9 @@ TEST_CASE("lrpe attention: argument errors name the argument", "[lrpe][errors]")
     const row_matrix<float> x = row_matrix<float>::Ones(10, 8), v = row_matrix<float>::Ones(10, 4);
     row_matrix<float> out(10, 4);
     options<float> sum_opt; // default normalization::sum
-    // Signed scores: sum is refused (use rms or none).
-    const attention<float> rot({}, positional::lrpe<float>::rope(8), sum_opt);
-    REQUIRE_THROWS_AS(rot.forward(x, x, v, out), linrpe::error);
-    REQUIRE_THROWS_WITH(rot.forward(x, x, v, out), Catch::Contains("options.norm"));
+    // Signed scores: sum is refused (use rms or none), at construction since rotate can never keep scores >= 0.
+    REQUIRE_THROWS_AS(attention<float>({}, positional::lrpe<float>::rope(8), sum_opt), linrpe::error);
+    REQUIRE_THROWS_WITH(attention<float>({}, positional::lrpe<float>::rope(8), sum_opt), Catch::Contains("options.norm"));
     // cosFormer beyond max_len: cos can go negative.
     const linear_attention<feature_maps::relu, positional::lrpe<float>, float> cf({}, positional::lrpe<float>::cosformer(8, 5), sum_opt);
     REQUIRE_THROWS_WITH(cf.forward(x, x, v, out), Catch::Contains("options.norm"));

@@ -69,6 +69,7 @@ public:
         : m_map(std::move(feature_map)), m_pe(std::move(encoding)), m_opt(opt)
     {
         validate_options(m_opt);
+        check_sum_possible(m_opt);
     }
 
     const FeatureMap& feature_map() const { return m_map; }
@@ -79,6 +80,7 @@ public:
     void set_options(const options_type& opt)
     {
         validate_options(opt);
+        check_sum_possible(opt);
         m_opt = opt;
     }
 
@@ -168,6 +170,7 @@ public:
         detail::check_input_if_any(m_map, feature_input_dim(x.cols()), head);
         detail::check_input_if_any(m_pe, x.cols(), head);
         check_post_feature_dim(x.cols(), head);
+        detail::check_positions_if_any(m_pe, first_position, x.rows());
         const detail::serial_eigen_scope serial_eigen;
         return encode(x, which, head, first_position);
     }
@@ -302,6 +305,14 @@ private:
                                          "(or set allow_signed_normalizer: sum can divide by ~0)", "normalization::sum");
     }
 
+    // `sum` with an encoding that can never keep scores >= 0 (e.g. LRPE rotate): refused here, not per call.
+    void check_sum_possible(const options_type& opt) const
+    {
+        if (opt.norm == normalization::sum && !opt.allow_signed_normalizer && !detail::positivity_possible_if_any(m_pe))
+            detail::fail("options.norm", "normalization::rms or none: this positional encoding can make scores negative "
+                                         "(or set allow_signed_normalizer)", "normalization::sum");
+    }
+
     void validate_head(index n, index d, index nk, index dk, index nv, index /*e*/, index head, index q_first,
                        index k_first) const
     {
@@ -317,6 +328,8 @@ private:
         detail::check_input_if_any(m_pe, d, head);
         detail::check_input_if_any(m_map, feature_input_dim(d), head);
         check_post_feature_dim(d, head);
+        detail::check_positions_if_any(m_pe, q_first, n);
+        detail::check_positions_if_any(m_pe, k_first, nk);
         if (m_opt.norm == normalization::sum && !m_opt.allow_signed_normalizer && n > 0 && nk > 0) {
             const index max_offset = std::max(std::abs((k_first + nk - 1) - q_first), std::abs((q_first + n - 1) - k_first));
             if (!m_pe.preserves_positivity(max_offset))

@@ -3,6 +3,7 @@
 /// \file
 /// \brief Position angles s·θ for LRPE: exact products, range reduction, and blocked cos/sin tables.
 
+#include "../errors.hpp"
 #include "../types.hpp"
 
 #include <algorithm>
@@ -12,13 +13,33 @@
 namespace linrpe {
 namespace detail {
 
-/// \brief r ≡ p·θ (mod 2π) with |r| ≲ π, for an integer position p < 2^53 and a finite θ.
+/// Largest position p whose angles p·θ are exact: every integer up to 2^53 is a double, so p·θ = hi + lo
+/// exactly (fma) and reduced_angle reduces it exactly. Beyond, double(p) rounds (by up to 512 at 2^62) and
+/// the angle is off by that many turns' worth of θ, so LRPE and sineSPE refuse such positions.
+inline constexpr index max_exact_position = (index(1) << 53) - 1;
+
+/// Refuses positions outside [0, max_exact_position] among first .. first + count − 1 (see max_exact_position).
+inline void check_angle_positions(index first, index count)
+{
+    if (first < 0) fail("first_position", "a value >= 0", first);
+    if (count > 0 && first > max_exact_position - (count - 1))
+        fail("first_position + rows − 1 (last position: angles are exact only up to 2^53 − 1)",
+             concat("a value <= ", max_exact_position), concat(first, " + ", count - 1));
+}
+
+/// x − nearbyint(x), in [−1/2, 1/2]: exact for every double (the fractional part is representable).
+inline double centered_fraction(double x) { return x - std::nearbyint(x); }
+
+/// \brief r ≡ p·θ (mod 2π) with |r| ≲ π, for an integer position |p| <= 2^53 − 1 and a finite θ.
 ///
 /// Why: cos(p·θ) for p ~ 10^6 in float would lose every digit to the rounding of p·θ (ulp(10^6) ≈ 0.06
 /// in float), and even a double product p·θ carries ~1e-10 absolute error. Here p·θ = hi + lo exactly
-/// (fma), and hi − k·c1 is exact because both are multiples of ulp(c1) = 2^−50 and the difference is < 4
-/// (Cody–Waite with a one-word head); c2 carries the rest of 2π. The result is within a few ulp of π of the
-/// true residue for |k| < 2^29 (angles up to ~3·10^9 rad); beyond that libm's own reduction of hi is used.
+/// (fma). For |k| < 2^29 turns, hi − k·c1 is exact because both are multiples of ulp(c1) = 2^−50 and the
+/// difference is < 4 (Cody–Waite with a one-word head); c2 carries the rest of 2π. Beyond (up to 2^52 turns,
+/// e.g. θ = 1 at p = 2^40), the reduction runs in turns: θ/(2π) = t1 + t2 to ~2^−104 relative (t1 the
+/// rounded quotient, whose residual θ − t1·c1 is exact), p·t1 = a1 + a2 exactly (fma), and the fractional
+/// parts of a1, a2 and p·t2 are exact; their sum errs by <= 2^−53 turns and p·t2 by p·t·2^−106 <= 2^−53 turns
+/// for p < 2^53, |θ| <= 4. Either way the result is within a few ulp of π of the true residue.
 inline double reduced_angle(double p, double theta)
 {
     constexpr double two_pi_hi = 6.28318530717958623200e+00; // fl(2π)
@@ -27,10 +48,17 @@ inline double reduced_angle(double p, double theta)
     const double hi = p * theta;
     const double lo = std::fma(p, theta, -hi); // hi + lo == p·θ exactly
     const double k = std::nearbyint(hi * inv_two_pi);
-    if (!(std::abs(k) < 536870912.0)) return hi; // 2^29: let libm reduce (loses only lo ≤ ulp(hi)/2)
-    double r = std::fma(-k, two_pi_hi, hi);     // exact, see above
-    r = std::fma(-k, two_pi_lo, r);
-    return r + lo;
+    if (std::abs(k) < 536870912.0) { // 2^29
+        double r = std::fma(-k, two_pi_hi, hi); // exact, see above
+        r = std::fma(-k, two_pi_lo, r);
+        return r + lo;
+    }
+    if (!std::isfinite(hi)) return hi;
+    const double t1 = theta / two_pi_hi;
+    const double t2 = (std::fma(-t1, two_pi_hi, theta) - t1 * two_pi_lo) / two_pi_hi; // θ/(2π) − t1
+    const double a1 = p * t1, a2 = std::fma(p, t1, -a1);                                // a1 + a2 == p·t1
+    const double turns = centered_fraction(centered_fraction(a1) + (centered_fraction(a2) + centered_fraction(p * t2)));
+    return std::fma(turns, two_pi_hi, turns * two_pi_lo);
 }
 
 /// \brief Calls body(r0, rows, cos, sin) for consecutive row blocks of a call covering positions

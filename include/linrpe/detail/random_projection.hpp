@@ -9,7 +9,10 @@
 
 #include <Eigen/QR>
 
+#include <algorithm>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace linrpe {
 namespace detail {
@@ -51,6 +54,62 @@ inline row_matrix<double> projection_matrix(std::uint64_t seed, std::uint32_t dr
     }
     return omega;
 }
+
+/// \brief The ω of a random-feature map: one (features, input_dim) draw shared by every head, or one per head.
+///
+/// Owns the bounds and shape checks of feature_maps::favor and feature_maps::trig_features: the matrices
+/// are reachable by reference (trained or external projections can be loaded), so they are validated both
+/// on set and before every call.
+class projection_set {
+public:
+    projection_set(const char* owner, index features, index input_dim, index draws)
+        : m_owner(owner), m_features(features), m_input_dim(input_dim), m_omega(static_cast<std::size_t>(std::max<index>(draws, 0))) // the owner refuses draws < 1
+    {
+    }
+
+    void redraw(std::uint64_t seed, bool orthogonal)
+    {
+        for (std::size_t h = 0; h < m_omega.size(); ++h)
+            m_omega[h] = projection_matrix(seed, static_cast<std::uint32_t>(h), m_features, m_input_dim, orthogonal);
+    }
+    index draws() const { return static_cast<index>(m_omega.size()); }
+
+    /// ω used by `head`: the shared draw for any head >= 0, or draw `head` of [0, draws()).
+    row_matrix<double>& at(index head) { return m_omega[draw_of(head)]; }
+    const row_matrix<double>& at(index head) const { return m_omega[draw_of(head)]; }
+
+    /// Replaces ω of `head` (the shared one when there is a single draw) after checking shape and finiteness.
+    void set(index head, const row_matrix<double>& omega)
+    {
+        const std::size_t h = draw_of(head);
+        check_matrix(omega);
+        m_omega[h] = omega;
+    }
+
+    /// Before a call for `head`: the head is in range and its ω has the right shape and finite entries.
+    void check(index head) const { check_matrix(m_omega[draw_of(head)]); }
+
+private:
+    std::size_t draw_of(index head) const
+    {
+        if (head < 0 || (m_omega.size() > 1 && head >= draws()))
+            fail("head", concat(m_omega.size() > 1 ? concat("a head index in [0, ", draws(), ")") : std::string("a head index >= 0"),
+                                " of ", m_owner),
+                 head);
+        return m_omega.size() == 1 ? 0 : static_cast<std::size_t>(head);
+    }
+    void check_matrix(const row_matrix<double>& omega) const
+    {
+        if (omega.rows() != m_features || omega.cols() != m_input_dim)
+            fail(concat(m_owner, " projection (features, input_dim)").c_str(), shape(m_features, m_input_dim),
+                 shape(omega.rows(), omega.cols()));
+        require_all_finite(concat(m_owner, " projection").c_str(), omega);
+    }
+
+    const char* m_owner;
+    index m_features, m_input_dim;
+    std::vector<row_matrix<double>> m_omega;
+};
 
 } // namespace detail
 } // namespace linrpe

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace linrpe {
@@ -67,6 +68,33 @@ void spe_check_common(const char* family, index input_dim, index dim, index head
             fail(concat(family, " gate shape").c_str(), shape(heads, dim), shape(gate.rows(), gate.cols()));
         require_all_finite(concat(family, " gate").c_str(), gate.row(head));
     }
+}
+
+/// The validated setters' check: `values` is (rows, cols) and finite; throws naming `argument` otherwise.
+template <class Derived>
+void spe_require_parameter(const char* argument, const Eigen::MatrixBase<Derived>& values, index rows, index cols)
+{
+    if (values.rows() != rows || values.cols() != cols) fail(argument, shape(rows, cols), shape(values.rows(), values.cols()));
+    const row_matrix<double> copy = values.template cast<double>(); // contiguous, whatever the expression
+    require_all_finite(argument, copy);
+}
+
+/// The gate setter of both SPE policies: validates the logits (heads, dim), then stores them and turns the gate on.
+template <class Derived, class Gate>
+void spe_set_gate(const char* argument, const Eigen::MatrixBase<Derived>& logits, index heads, index dim, Gate& gate, bool& gated)
+{
+    spe_require_parameter(argument, logits, heads, dim);
+    gate = logits.template cast<typename Gate::Scalar>();
+    gated = true;
+}
+
+/// Positions first .. first + count − 1 must be >= 0 and representable (no int64 overflow of the last one).
+inline void spe_check_positions(index first, index count)
+{
+    if (first < 0) fail("first_position", "a value >= 0", first);
+    if (count > 0 && first > std::numeric_limits<index>::max() - (count - 1))
+        fail("first_position + rows − 1 (last position)", concat("a value <= ", std::numeric_limits<index>::max()),
+             concat(first, " + ", count - 1));
 }
 
 /// (1 − g, g) of (head, dim): the gate's weights on the positional and positionless kernels.

@@ -101,6 +101,35 @@ void check_input_if_any(const P& policy, index input_dim, index head)
     if constexpr (has_check_input<P>::value) policy.check_input(input_dim, head);
 }
 
+/// Optional `check_positions(first, count)` on a positional encoding: refuses positions first..first+count−1
+/// it cannot encode (negative, or beyond an exactness limit); called before any work.
+template <class P, class = void>
+struct has_check_positions : std::false_type {};
+template <class P>
+struct has_check_positions<P, std::void_t<decltype(std::declval<const P&>().check_positions(index(0), index(1)))>>
+    : std::true_type {};
+
+template <class P>
+void check_positions_if_any(const P& policy, index first, index count)
+{
+    if constexpr (has_check_positions<P>::value) policy.check_positions(first, count);
+}
+
+/// Optional `positivity_possible()` on a positional encoding: false when preserves_positivity can never
+/// hold (so `sum` is refused at construction); encodings without it are checked per call only.
+template <class P, class = void>
+struct has_positivity_possible : std::false_type {};
+template <class P>
+struct has_positivity_possible<P, std::void_t<decltype(bool(std::declval<const P&>().positivity_possible()))>>
+    : std::true_type {};
+
+template <class P>
+bool positivity_possible_if_any(const P& policy)
+{
+    if constexpr (has_positivity_possible<P>::value) return policy.positivity_possible();
+    else return true;
+}
+
 /// Optional `check_feature_dim(feature_dim, head)` on a post-feature encoding: the width φ produces is only
 /// known to the core (D may differ from M, e.g. FAVOR+), so the core passes it before any work.
 template <class P, class = void>

@@ -39,35 +39,35 @@ public:
     /// \param heads     number of independent draws: 1 shares ω across heads, H gives head h its own ω.
     favor(index input_dim, index features, std::uint64_t seed = 0, bool orthogonal = true, bool hyperbolic = false,
           index heads = 1)
-        : m_input_dim(input_dim), m_features(features), m_orthogonal(orthogonal), m_hyperbolic(hyperbolic)
+        : m_input_dim(input_dim), m_features(features), m_orthogonal(orthogonal), m_hyperbolic(hyperbolic),
+          m_omega("favor", features, input_dim, heads)
     {
         detail::require_positive("favor input_dim", input_dim);
         detail::require_positive("favor features", features);
         detail::require_positive("favor heads", heads);
-        m_omega.resize(static_cast<std::size_t>(heads));
         redraw(seed);
     }
 
     /// Draws a new ω for every head from `seed`.
-    void redraw(std::uint64_t seed)
-    {
-        for (std::size_t h = 0; h < m_omega.size(); ++h)
-            m_omega[h] = detail::projection_matrix(seed, static_cast<std::uint32_t>(h), m_features, m_input_dim, m_orthogonal);
-    }
+    void redraw(std::uint64_t seed) { m_omega.redraw(seed, m_orthogonal); }
 
     index output_dim(index /*input_dim*/) const { return m_hyperbolic ? 2 * m_features : m_features; }
     index input_dim() const { return m_input_dim; }
     index features() const { return m_features; }
-    index heads() const { return static_cast<index>(m_omega.size()); }
-    /// ω of `head` (M × D); plain data, so that trained or externally drawn projections can be loaded.
-    row_matrix<double>& projection(index head = 0) { return m_omega[draw_of(head)]; }
-    const row_matrix<double>& projection(index head = 0) const { return m_omega[draw_of(head)]; }
+    index heads() const { return m_omega.draws(); }
+    /// ω of `head` (M × D), the shared draw for any head >= 0 when heads() == 1; throws linrpe::error naming
+    /// `head` when out of range. Writable so that trained or externally drawn projections can be loaded;
+    /// set_projection is the validated way, direct writes are checked before every call.
+    row_matrix<double>& projection(index head = 0) { return m_omega.at(head); }
+    const row_matrix<double>& projection(index head = 0) const { return m_omega.at(head); }
+    /// Replaces ω of `head` (M × D, finite); throws linrpe::error naming the argument, changing nothing.
+    void set_projection(index head, const row_matrix<double>& omega) { m_omega.set(head, omega); }
 
+    /// Before a call: the input width, the head and its ω (shape (M, D), finite).
     void check_input(index input_dim, index head) const
     {
         if (input_dim != m_input_dim) detail::fail("favor input_dim (query/key width)", m_input_dim, input_dim);
-        if (m_omega.size() > 1 && (head < 0 || head >= heads()))
-            detail::fail("head", detail::concat("a head index in [0, ", heads(), ") of favor"), head);
+        m_omega.check(head);
     }
 
     template <class S>
@@ -121,11 +121,9 @@ public:
     }
 
 private:
-    std::size_t draw_of(index head) const { return m_omega.size() == 1 ? 0 : static_cast<std::size_t>(head); }
-
     index m_input_dim, m_features;
     bool m_orthogonal, m_hyperbolic;
-    std::vector<row_matrix<double>> m_omega;
+    detail::projection_set m_omega;
 };
 
 } // namespace feature_maps

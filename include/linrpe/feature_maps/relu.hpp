@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// \brief feature_maps::relu: φ(x) = max(x, 0) + floor.
+/// \brief feature_maps::relu: φ(x) = max(x, 0) + shift.
 
 #include "../errors.hpp"
 #include "../types.hpp"
@@ -8,23 +8,35 @@
 namespace linrpe {
 namespace feature_maps {
 
-/// \brief φ(x) = max(x, 0) + floor, floor >= 0 (SPE's LRA runs and performer-pytorch use floor = 1e-3,
-/// which keeps every denominator away from 0). Non-negative, so `sum` normalization is safe. Cost O(N·D).
+/// \brief φ(x) = max(x, 0) + shift, shift >= 0: an additive shift of every feature (SPE's LRA runs and
+/// performer-pytorch use 1e-3, which keeps every denominator away from 0). Non-negative, so `sum`
+/// normalization is safe. Cost O(N·D).
 struct relu {
     static constexpr bool is_positive = true;
-    double floor = 0.0;
+    /// The additive shift (finite, >= 0); checked by the constructor and before every call.
+    double shift = 0.0;
 
     relu() = default;
-    explicit relu(double floor_value) : floor(floor_value)
-    {
-        detail::require_finite("relu floor", floor_value);
-        detail::require_non_negative("relu floor", floor_value);
-    }
+    explicit relu(double shift_value) : shift(shift_value) { check_shift(); }
+
+    /// The former name of `shift` (it is added to every feature, it bounds nothing from below).
+    [[deprecated("relu::floor() is the additive shift: use relu::shift")]] double& floor() { return shift; }
+    [[deprecated("relu::floor() is the additive shift: use relu::shift")]] double floor() const { return shift; }
+
     index output_dim(index input_dim) const { return input_dim; }
+    /// Before a call: `shift` is public, so it is checked again (finite, >= 0).
+    void check_input(index /*input_dim*/, index /*head*/) const { check_shift(); }
     template <class S>
     void apply(const Eigen::Ref<const row_matrix<S>>& x, Eigen::Ref<row_matrix<S>> phi, const feature_context&) const
     {
-        phi = (x.array().max(S(0)) + static_cast<S>(floor)).matrix();
+        phi = (x.array().max(S(0)) + static_cast<S>(shift)).matrix();
+    }
+
+private:
+    void check_shift() const
+    {
+        detail::require_finite("relu shift", shift);
+        detail::require_non_negative("relu shift", shift);
     }
     /// VJP hook (DESIGN §13): dx = dphi ⊙ 1[x > 0] (the floor is a constant; the kink at 0 takes slope 0).
     template <class S>

@@ -26,31 +26,30 @@ public:
     static constexpr bool is_positive = false;
 
     trig_features(index input_dim, index features, std::uint64_t seed = 0, bool orthogonal = true, index heads = 1)
-        : m_input_dim(input_dim), m_features(features), m_orthogonal(orthogonal)
+        : m_input_dim(input_dim), m_features(features), m_orthogonal(orthogonal),
+          m_omega("trig_features", features, input_dim, heads)
     {
         detail::require_positive("trig_features input_dim", input_dim);
         detail::require_positive("trig_features features", features);
         detail::require_positive("trig_features heads", heads);
-        m_omega.resize(static_cast<std::size_t>(heads));
         redraw(seed);
     }
 
-    void redraw(std::uint64_t seed)
-    {
-        for (std::size_t h = 0; h < m_omega.size(); ++h)
-            m_omega[h] = detail::projection_matrix(seed, static_cast<std::uint32_t>(h), m_features, m_input_dim, m_orthogonal);
-    }
+    void redraw(std::uint64_t seed) { m_omega.redraw(seed, m_orthogonal); }
 
     index output_dim(index /*input_dim*/) const { return 2 * m_features; }
-    index heads() const { return static_cast<index>(m_omega.size()); }
-    row_matrix<double>& projection(index head = 0) { return m_omega[draw_of(head)]; }
-    const row_matrix<double>& projection(index head = 0) const { return m_omega[draw_of(head)]; }
+    index heads() const { return m_omega.draws(); }
+    /// ω of `head` (M × D), as favor::projection (bounds-checked; direct writes are checked at every call).
+    row_matrix<double>& projection(index head = 0) { return m_omega.at(head); }
+    const row_matrix<double>& projection(index head = 0) const { return m_omega.at(head); }
+    /// Replaces ω of `head` (M × D, finite); throws linrpe::error naming the argument, changing nothing.
+    void set_projection(index head, const row_matrix<double>& omega) { m_omega.set(head, omega); }
 
+    /// Before a call: the input width, the head and its ω (shape (M, D), finite).
     void check_input(index input_dim, index head) const
     {
         if (input_dim != m_input_dim) detail::fail("trig_features input_dim (query/key width)", m_input_dim, input_dim);
-        if (m_omega.size() > 1 && (head < 0 || head >= heads()))
-            detail::fail("head", detail::concat("a head index in [0, ", heads(), ") of trig_features"), head);
+        m_omega.check(head);
     }
 
     template <class S>
@@ -95,11 +94,9 @@ public:
     }
 
 private:
-    std::size_t draw_of(index head) const { return m_omega.size() == 1 ? 0 : static_cast<std::size_t>(head); }
-
     index m_input_dim, m_features;
     bool m_orthogonal;
-    std::vector<row_matrix<double>> m_omega;
+    detail::projection_set m_omega;
 };
 
 } // namespace feature_maps

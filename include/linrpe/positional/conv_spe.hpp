@@ -40,7 +40,9 @@ enum class conv_algorithm { automatic, direct, fft };
 /// for W >= 768 by FFT (O(L log L) per realization, L ≥ b + W − 1). Time O(N·D·R·W) (FFT: O(N·D·R·log L))
 /// plus N·D·R normals per role; extra memory O((b + W)·R); the (N, D, R) code tensor is never formed.
 ///
-/// Parameters are public data in the reference layout (H, D, W) flattened to (H·D, W), row h·D + d.
+/// Parameters are in the reference layout (H, D, W) flattened to (H·D, W), row h·D + d. Load trained values
+/// with the validated setters set_filters and set_gate (shapes and finiteness checked on set, nothing
+/// changed on failure); the data members stay public for compatibility and are checked at every call.
 /// \tparam Scalar float or double (filters, noise and codes).
 template <class Scalar = float>
 class conv_spe {
@@ -90,6 +92,23 @@ public:
         redraw(m_seed);
     }
 
+    /// \brief Replaces φ_Q and φ_K, each (H·D, W); throws linrpe::error naming the argument on a shape
+    /// mismatch or a non-finite entry, before changing anything.
+    template <class Q, class K>
+    void set_filters(const Eigen::MatrixBase<Q>& query, const Eigen::MatrixBase<K>& key)
+    {
+        detail::spe_require_parameter("conv_spe query_filter", query, m_heads * m_dim, m_width);
+        detail::spe_require_parameter("conv_spe key_filter", key, m_heads * m_dim, m_width);
+        query_filter = query.template cast<Scalar>();
+        key_filter = key.template cast<Scalar>();
+    }
+    /// Replaces the gate logits a_g (H, D) and turns the gate on; validated like set_filters.
+    template <class G>
+    void set_gate(const Eigen::MatrixBase<G>& logits)
+    {
+        detail::spe_set_gate("conv_spe gate (logits a_g)", logits, m_heads, m_dim, gate, gated);
+    }
+
     std::uint64_t seed() const { return m_seed; }
     index heads() const { return m_heads; }
     index dim() const { return m_dim; }
@@ -124,6 +143,8 @@ public:
     bool preserves_positivity(index /*max_offset*/) const { return true; }
     /// φ receives R-wide rows.
     index pre_output_dim(index /*input_dim*/) const { return m_realizations; }
+    /// Positions must be >= 0: the noise is indexed by the absolute position as an unsigned counter.
+    void check_positions(index first_position, index count) const { detail::spe_check_positions(first_position, count); }
 
     /// Throws linrpe::error for a width other than D, a head out of range or non-finite parameters of `head`.
     void check_input(index input_dim, index head) const
@@ -249,8 +270,8 @@ public:
     matrix code(role which, index head, index d, index first_position, index count) const
     {
         check_entry(head, d);
-        detail::require_non_negative("first_position", first_position);
         detail::require_non_negative("count", count);
+        check_positions(first_position, count);
         matrix unit = matrix::Zero(count, m_dim);
         unit.col(d).setOnes();
         matrix out(count, m_realizations);

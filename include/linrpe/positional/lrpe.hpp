@@ -41,15 +41,20 @@ enum class lrpe_basis {
 enum class lrpe_theta {
     rope,            ///< θ_i = base^{−2i/e}: e = 2·(rotated pairs) for rotate, e = M for cosine
     cosformer,       ///< every θ = π/(2·max_len) (Qin et al., cosFormer, ICLR 2022)
-    explicit_values, ///< user values (trained weights); initialized like `rope` until set
+    explicit_values, ///< user values (trained weights): set_theta (or assign `theta`) before the first call
 };
 
 /// \brief Construction options of positional::lrpe (C++17: default-construct, then set fields).
 struct lrpe_options {
     lrpe_layout layout = lrpe_layout::interleaved;
-    /// Fraction f in (0, 1] of the ⌊M/2⌋ pairs that rotate: ⌈f·⌊M/2⌋⌉ pairs, the first in the layout's own
-    /// pair order (f = 1/2 is the authors' "mix rope" core 2). rotate only.
+    /// Fraction f in (0, 1] of the P = ⌊M/2⌋ pairs that rotate, the first in the layout's own pair order
+    /// (f = 1/2 is the authors' "mix rope" core 2). rotate only. The count is ⌈f·P⌉, except that a product
+    /// within 1e-9 above an integer counts as that integer (f = 0.28, P = 25 gives 7 although 0.28·25 rounds to
+    /// 7.000000000000001), and at least 1 pair when P >= 1. To avoid the rule, set rotate_pairs instead.
     double rotate_fraction = 1.0;
+    /// Explicit number of rotated pairs in [0, ⌊M/2⌋] (rotate only); −1 (default): from rotate_fraction.
+    /// Takes precedence over rotate_fraction.
+    index rotate_pairs = -1;
     lrpe_basis basis = lrpe_basis::identity;
     lrpe_theta theta = lrpe_theta::rope;
     double base = 10000.0; ///< RoPE base (lrpe_theta::rope and the initial explicit values)
@@ -75,8 +80,14 @@ namespace positional {
 /// are as accurate as at 0. Scores can be negative: use normalization::rms or none — `sum` is accepted only
 /// for cosine + cosFormer θ (+ identity or odd-even P) within max_len.
 ///
-/// Parameters are per head and public: `theta` (H, count) and `householder` (H, M), in double whatever
-/// Scalar is, so trained weights load directly; they are validated before every use (check_input).
+/// Parameters are per head, in double whatever Scalar is, so trained weights load directly: set them with
+/// the validated setters set_theta and set_householder (shape and finiteness checked on set). The data
+/// members `theta` (H, count) and `householder` (H, M) stay public for compatibility; direct writes are
+/// validated before every use instead (check_input). With lrpe_theta::explicit_values θ starts empty and
+/// every call is refused until it is set: silently running on RoPE values would hide a missing load.
+///
+/// Positions: angles are exact (reduced in double, detail::reduced_angle) for positions up to 2^53 − 1,
+/// the integers a double holds; check_positions refuses positions beyond that, and negative ones.
 /// \tparam Scalar default scalar of a linear_attention using this encoding (float or double).
 template <class Scalar = float>
 class lrpe {
@@ -102,13 +113,16 @@ public:
         detail::require_positive("lrpe heads", heads);
         if (!(opt.rotate_fraction > 0.0 && opt.rotate_fraction <= 1.0))
             detail::fail("lrpe_options.rotate_fraction", "a value in (0, 1]", opt.rotate_fraction);
+        if (opt.rotate_pairs < -1 || opt.rotate_pairs > dim / 2)
+            detail::fail("lrpe_options.rotate_pairs", detail::concat("-1 (use rotate_fraction) or a count in [0, ", dim / 2, "]"),
+                         opt.rotate_pairs);
+        if (opt.rotate_pairs >= 0 && kind != lrpe_kind::rotate)
+            detail::fail("lrpe_options.rotate_pairs (rotate kind only)", "-1 for cosine and permutation", opt.rotate_pairs);
         if (!(opt.base > 0.0) || !std::isfinite(opt.base)) detail::fail("lrpe_options.base", "a finite value > 0", opt.base);
         if (opt.theta == lrpe_theta::cosformer && opt.max_len < 1)
             detail::fail("lrpe_options.max_len (cosFormer θ = π/(2·max_len))", "a value >= 1", opt.max_len);
         const index pairs = dim / 2;
-        m_rotated = kind == lrpe_kind::rotate
-                        ? std::min<index>(pairs, static_cast<index>(std::ceil(opt.rotate_fraction * double(pairs) - 1e-9)))
-                        : 0;
+        m_rotated = kind != lrpe_kind::rotate ? 0 : opt.rotate_pairs >= 0 ? opt.rotate_pairs : pairs_of_fraction(opt.rotate_fraction, pairs);
         m_half = pairs;
         init_theta();
         init_basis();
@@ -145,8 +159,14 @@ public:
     const lrpe_options& config() const { return m_opt; }
     lrpe_layout layout() const { return m_opt.layout; }
     lrpe_basis basis() const { return m_opt.basis; }
-    /// Number of rotated pairs (rotate), 0 otherwise.
+    /// Number of rotated pairs (rotate), 0 otherwise: lrpe_options::rotate_pairs, or from rotate_fraction.
     index rotated_pairs() const { return m_rotated; }
+    /// The rule of lrpe_options::rotate_fraction: rotated pairs for fraction f of `pairs` pairs.
+    static index pairs_of_fraction(double f, index pairs)
+    {
+        const index count = static_cast<index>(std::ceil(f * double(pairs) - 1e-9));
+        return std::min<index>(pairs, std::max<index>(pairs > 0 ? 1 : 0, count));
+    }
     /// Number of θ values per head: rotated pairs (rotate), M (cosine), 0 (permutation).
     index theta_count() const
     {
@@ -160,7 +180,8 @@ public:
         return m_perm[std::size_t(head)];
     }
 
-    /// Replaces θ (H, theta_count()); throws naming `theta` on a shape mismatch or a non-finite value.
+    /// Replaces θ (H, theta_count()), the validated way to load trained values; throws naming `theta` on a
+    /// shape mismatch or a non-finite value, leaving θ unchanged.
     void set_theta(const row_matrix<double>& values)
     {
         check_theta_matrix(values);
@@ -176,13 +197,11 @@ public:
             detail::fail("householder (vectors, one row per head)", detail::shape(m_heads, m_dim),
                          detail::shape(vectors.rows(), vectors.cols()));
         detail::require_all_finite("householder", vectors);
-        for (index h = 0; h < m_heads; ++h)
-            if (!(vectors.row(h).norm() > 0.0))
-                detail::fail("householder vector", "a non-zero vector", detail::concat("zero vector for head ", h));
+        for (index h = 0; h < m_heads; ++h) require_nonzero_householder(vectors, h);
         householder = vectors;
         householder_learned = learned;
-        if (!learned)
-            for (index h = 0; h < m_heads; ++h) householder.row(h) /= householder.row(h).norm();
+        if (!learned) // stableNorm: no underflow for 1e-170 entries, no overflow for 1e170
+            for (index h = 0; h < m_heads; ++h) householder.row(h) /= householder.row(h).stableNorm();
         m_opt.basis = lrpe_basis::householder;
     }
 
@@ -213,8 +232,7 @@ public:
     /// (a permutation keeps features non-negative) and |offset|·θ <= π/2, i.e. max_offset <= max_len.
     bool preserves_positivity(index max_offset) const
     {
-        if (m_kind != lrpe_kind::cosine || m_opt.theta != lrpe_theta::cosformer) return false;
-        if (m_opt.basis != lrpe_basis::identity && m_opt.basis != lrpe_basis::odd_even) return false;
+        if (!positivity_possible()) return false;
         if (max_offset > m_opt.max_len) return false;
         // θ is public: make sure it still holds the cosFormer value (not raised since construction).
         const double limit = cosformer_theta();
@@ -223,20 +241,36 @@ public:
         return true;
     }
 
-    /// Checks `head` and the head's parameters (θ shape and finiteness, Householder vector) before any work.
+    /// \brief Whether preserves_positivity can hold for some offset: cosine + cosFormer θ + P = I or odd-even.
+    /// Only true → false changes are possible later (set_theta, set_householder), so the core refuses `sum`
+    /// at construction when this is false, and checks preserves_positivity per call otherwise.
+    bool positivity_possible() const
+    {
+        return m_kind == lrpe_kind::cosine && m_opt.theta == lrpe_theta::cosformer &&
+               (m_opt.basis == lrpe_basis::identity || m_opt.basis == lrpe_basis::odd_even);
+    }
+
+    /// Checks `head` and the head's parameters (θ set, its shape and finiteness, Householder vector) before any work.
     void check_input(index /*input_dim*/, index head) const
     {
         require_head(head);
+        if (theta.size() == 0 && theta_count() > 0)
+            detail::fail("theta (lrpe_theta::explicit_values)",
+                         detail::concat("values (", m_heads, ", ", theta_count(), ") loaded by set_theta before the first call"),
+                         "none set");
         check_theta_matrix(theta);
         if (m_opt.basis == lrpe_basis::householder) {
             if (householder.rows() != m_heads || householder.cols() != m_dim)
                 detail::fail("householder (vectors, one row per head)", detail::shape(m_heads, m_dim),
                              detail::shape(householder.rows(), householder.cols()));
             detail::require_all_finite("householder", householder.row(head));
-            if (!(householder.row(head).norm() > 0.0))
-                detail::fail("householder vector", "a non-zero vector", detail::concat("zero vector for head ", head));
+            require_nonzero_householder(householder, head);
         }
     }
+
+    /// Refuses positions outside [0, 2^53 − 1] (first_position .. first_position + count − 1): beyond, a
+    /// position is no longer an exact double and the angles p·θ would lose their exactness.
+    void check_positions(index first_position, index count) const { detail::check_angle_positions(first_position, count); }
 
     /// The feature width φ produces must be the width this encoding was built for.
     void check_feature_dim(index feature_dim, index head) const
@@ -283,7 +317,7 @@ public:
     {
         check_feature_dim(x.cols(), head);
         check_input(x.cols(), head);
-        detail::require_non_negative("first_position", first_position);
+        check_positions(first_position, x.rows());
         row_matrix<S> out(x.rows(), post_output_dim(m_dim));
         encode_post<S>(x, out, first_position, head, role::query);
         return out;
@@ -301,6 +335,7 @@ public:
     {
         check_input(m_dim, head);
         detail::require_non_negative("position", position);
+        check_positions(position, 1);
         row_matrix<double> mat(post_output_dim(m_dim), m_dim);
         row_matrix<double> e(1, m_dim), col(1, mat.rows());
         for (index j = 0; j < m_dim; ++j) { // column j = T(e_j, s): every row of one call has its own position
@@ -329,6 +364,13 @@ private:
         if (head < 0 || head >= m_heads) detail::fail("head", detail::concat("a value in [0, ", m_heads, ")"), head);
     }
 
+    // Exactly zero only: stableNorm does not underflow, so tiny vectors (1e-170 entries) pass.
+    void require_nonzero_householder(const row_matrix<double>& vectors, index head) const
+    {
+        if (!(vectors.row(head).stableNorm() > 0.0))
+            detail::fail("householder vector", "a non-zero vector", detail::concat("all entries zero for head ", head));
+    }
+
     void check_theta_matrix(const row_matrix<double>& values) const
     {
         if (values.rows() != m_heads || values.cols() != theta_count())
@@ -340,13 +382,17 @@ private:
     void init_theta()
     {
         const index count = theta_count();
+        if (m_opt.theta == lrpe_theta::explicit_values && count > 0) { // set_theta loads it; calls refused until then
+            theta.resize(0, 0);
+            return;
+        }
         theta.resize(m_heads, count);
         if (count == 0) return;
         if (m_opt.theta == lrpe_theta::cosformer) {
             theta.setConstant(cosformer_theta());
             return;
         }
-        // rope (and the initial explicit values, as the authors' learned θ): base^{−2i/e}.
+        // rope: base^{−2i/e}.
         const double e = m_kind == lrpe_kind::rotate ? 2.0 * double(m_rotated) : double(m_dim);
         for (index i = 0; i < count; ++i) theta(0, i) = std::pow(m_opt.base, -2.0 * double(i) / e);
         for (index h = 1; h < m_heads; ++h) theta.row(h) = theta.row(0);
@@ -362,7 +408,7 @@ private:
             for (index h = 0; h < m_heads; ++h) {
                 random::philox_stream stream(m_opt.seed, random::purpose::lrpe_householder, std::uint32_t(h));
                 stream.fill_normal<double>(0, householder.row(h).data(), m);
-                const double norm = householder.row(h).norm();
+                const double norm = householder.row(h).stableNorm();
                 // A draw of M Gaussians is zero with probability 0; the check keeps the invariant explicit.
                 if (!(norm > 0.0)) detail::fail("householder vector (seeded draw)", "a non-zero vector", "zero");
                 householder.row(h) /= norm; // fixed vector: normalized exactly once, no eps
@@ -438,7 +484,7 @@ private:
         case lrpe_basis::identity: y = x; break;
         case lrpe_basis::householder: {
             Eigen::Matrix<double, Eigen::Dynamic, 1> v = householder.row(head).transpose();
-            if (householder_learned) v /= v.norm() + 1e-6; // the authors' learned-v normalization, at each use
+            if (householder_learned) v /= v.stableNorm() + 1e-6; // the authors' learned-v normalization, at each use
             const Eigen::Matrix<S, Eigen::Dynamic, 1> vs = v.template cast<S>();
             const Eigen::Matrix<S, Eigen::Dynamic, 1> w = x * vs; // (n)
             y = x;
@@ -542,6 +588,7 @@ private:
                 const index* mem = cy.members.data() + cy.start[std::size_t(c)];
                 const index len = cy.start[std::size_t(c + 1)] - cy.start[std::size_t(c)];
                 index k = s % len; // π^s(mem[i]) = mem[(i + s) mod len]
+                if (k < 0) k += len; // C++ truncates: −1 % 3 is −1, the residue is 2
                 for (index i = 0; i < len; ++i) {
                     y[mem[i]] = x[mem[k]];
                     if (++k == len) k = 0;

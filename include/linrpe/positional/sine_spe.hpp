@@ -2,6 +2,7 @@
 /// \file
 /// \brief positional::sine_spe: sinusoidal Stochastic Positional Encoding (sineSPE), optionally gated.
 
+#include "../detail/lrpe_angles.hpp"
 #include "../detail/spe_common.hpp"
 #include "../errors.hpp"
 #include "../random/philox_stream.hpp"
@@ -37,8 +38,11 @@ namespace positional {
 /// needs no buffer. encode_pre is one GEMM per block of b positions, (b, (2K+1)·D) × ((2K+1)·D, R):
 /// O(N·K·D·R) time, O(b·K·D + K·D·R) extra memory; the (N, D, R) code tensor is never formed.
 ///
-/// Parameters are public data in the reference layout (H, D, K) flattened to (H·D, K), row h·D + d, so that
-/// trained values can be loaded; they are checked for finiteness at every call.
+/// Parameters are in the reference layout (H, D, K) flattened to (H·D, K), row h·D + d. Load trained values
+/// with the validated setters set_parameters and set_gate (shapes and finiteness checked on set, nothing
+/// changed on failure); the data members stay public for compatibility and are checked at every call.
+/// Phases f·p are reduced exactly (two-product in double) for positions up to 2^53 − 1; check_positions
+/// refuses later ones, whose position is no longer an exact double.
 /// \tparam Scalar float or double (parameters, noise and codes; phases are always computed in double).
 template <class Scalar = float>
 class sine_spe {
@@ -99,6 +103,25 @@ public:
         redraw(m_seed);
     }
 
+    /// \brief Replaces a_f, θ and a_λ, each (H·D, K) in the reference layout; throws linrpe::error naming the
+    /// argument on a shape mismatch or a non-finite entry, before changing anything.
+    template <class F, class T, class L>
+    void set_parameters(const Eigen::MatrixBase<F>& a_f, const Eigen::MatrixBase<T>& theta, const Eigen::MatrixBase<L>& a_lambda)
+    {
+        detail::spe_require_parameter("sine_spe freqs (a_f)", a_f, m_heads * m_dim, m_sines);
+        detail::spe_require_parameter("sine_spe offsets (theta)", theta, m_heads * m_dim, m_sines);
+        detail::spe_require_parameter("sine_spe gains (a_lambda)", a_lambda, m_heads * m_dim, m_sines);
+        freqs = a_f.template cast<Scalar>();
+        offsets = theta.template cast<Scalar>();
+        gains = a_lambda.template cast<Scalar>();
+    }
+    /// Replaces the gate logits a_g (H, D) and turns the gate on; validated like set_parameters.
+    template <class G>
+    void set_gate(const Eigen::MatrixBase<G>& logits)
+    {
+        detail::spe_set_gate("sine_spe gate (logits a_g)", logits, m_heads, m_dim, gate, gated);
+    }
+
     std::uint64_t seed() const { return m_seed; }
     index heads() const { return m_heads; }
     index dim() const { return m_dim; }
@@ -140,6 +163,8 @@ public:
     bool preserves_positivity(index /*max_offset*/) const { return true; }
     /// φ receives R-wide rows.
     index pre_output_dim(index /*input_dim*/) const { return m_realizations; }
+    /// Positions first_position .. + count − 1 must lie in [0, 2^53 − 1] (exact phases, see the class comment).
+    void check_positions(index first_position, index count) const { detail::check_angle_positions(first_position, count); }
 
     /// Throws linrpe::error for a width other than D, a head out of range or non-finite parameters of `head`.
     void check_input(index input_dim, index head) const
@@ -214,8 +239,8 @@ public:
     matrix code(role which, index head, index d, index first_position, index count) const
     {
         check_entry(head, d);
-        detail::require_non_negative("first_position", first_position);
         detail::require_non_negative("count", count);
+        check_positions(first_position, count);
         matrix unit = matrix::Zero(count, m_dim);
         unit.col(d).setOnes();
         matrix out(count, m_realizations);
@@ -228,11 +253,13 @@ private:
     // Rows per GEMM block: (64, (2K+1)·D) stays in L2 for K ≤ 10, D ≤ 64 and keeps the GEMM efficient.
     static constexpr index block_rows = 64;
 
-    // f·p mod 1, in double: the phase stays accurate at any position (float would lose it beyond ~1e4).
+    // f·p mod 1 in [−1/2, 1/2]: f·p = hi + lo exactly (fma, |p| < 2^53) and the fractional part of hi is exact,
+    // so the phase errs by <= 2^−54 turns at any position (a plain f·p − floor(f·p) loses ulp(f·p): 1e-4 turns at 2^40).
     static double reduced(double f, index p)
     {
-        const double fp = f * static_cast<double>(p);
-        return fp - std::floor(fp);
+        const double pd = static_cast<double>(p);
+        const double hi = f * pd, lo = std::fma(f, pd, -hi);
+        return detail::centered_fraction(detail::centered_fraction(hi) + lo);
     }
 
     void check_entry(index head, index d) const
