@@ -32,19 +32,20 @@ struct relu {
         phi = (x.array().max(S(0)) + static_cast<S>(shift)).matrix();
     }
 
-private:
-    void check_shift() const
-    {
-        detail::require_finite("relu shift", shift);
-        detail::require_non_negative("relu shift", shift);
-    }
-    /// VJP hook (DESIGN §13): dx = dphi ⊙ 1[x > 0] (the floor is a constant; the kink at 0 takes slope 0).
+    /// VJP hook (docs/design.md: gradients): dx = dphi ⊙ 1[x > 0] (the shift is a constant; the kink at 0 takes slope 0).
     template <class S>
     void apply_backward(const Eigen::Ref<const row_matrix<S>>& x, const Eigen::Ref<const row_matrix<S>>& /*phi*/,
                         const Eigen::Ref<const row_matrix<S>>& dphi, Eigen::Ref<row_matrix<S>> dx,
                         const feature_context&) const
     {
         dx = (x.array() > S(0)).select(dphi.array(), S(0)).matrix();
+    }
+
+private:
+    void check_shift() const
+    {
+        detail::require_finite("relu shift", shift);
+        detail::require_non_negative("relu shift", shift);
     }
 };
 
