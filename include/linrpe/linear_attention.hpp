@@ -202,7 +202,7 @@ public:
         return linrpe::decoder<linear_attention>(*this, batch, heads);
     }
 
-    // ---- backward (DESIGN §13) -----------------------------------------------------------------------
+    // ---- backward (docs/design.md §16) -----------------------------------------------------------------------
 
     /// \brief Single head: the gradients dq (N, D), dk (Nk, D), dv (Nk, E) of ⟨dout, forward(q, k, v)⟩ for the
     /// seed dout (N, E), of the function forward() computes (FAVOR+'s query shift included), exact to
@@ -539,7 +539,7 @@ private:
     }
 
     // Arenas a call needs: one per thread of the largest team it can open, and the caller's own slot.
-    // Validated inputs → dq, dk, dv (DESIGN §13); `call_heads` selects the causal threading as in run_head.
+    // Validated inputs → dq, dk, dv (docs/design.md §16); `call_heads` selects the causal threading as in run_head.
     void run_head_backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq,
                            ref dk, ref dv, index head, index q_first, index k_first, index call_heads,
                            workspace<Scalar>& ws) const

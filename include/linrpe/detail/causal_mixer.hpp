@@ -183,7 +183,7 @@ void causal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<c
     if (carried) *carried = std::move(start.back());
 }
 
-// ---- backward (DESIGN §13) -----------------------------------------------------------------------------
+// ---- backward (docs/design.md §16) -----------------------------------------------------------------------------
 //
 // With Ψ (N, M), Κ (Nk, M), V̄ = [V, 1] under `sum` (V otherwise) and the seed G = [g, g_den] of the
 // normalization (normalize.hpp), the mixing VJP is

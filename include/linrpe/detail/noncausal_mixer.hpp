@@ -62,7 +62,7 @@ void noncausal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Re
 }
 
 /// \brief VJP of noncausal_forward: dq (N, D), dk (Nk, D), dv (Nk, E) for the seed dout (N, E), in the four
-/// GEMMs of DESIGN §13 (plus the state S of the forward, recomputed):
+/// GEMMs of docs/design.md §16 (plus the state S of the forward, recomputed):
 ///
 ///     S = Κᵀ V̄,   dΨ = G Sᵀ,   U = Ψᵀ G,   dΚ = V̄ Uᵀ,   dV = Κ U_g
 ///

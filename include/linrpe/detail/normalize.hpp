@@ -55,7 +55,7 @@ void normalize_rows(Eigen::Ref<row_matrix<S>> out, const vector<S>* den, normali
     }
 }
 
-/// \brief Seed of the backward under `sum` (DESIGN §13): for rows with denominator den and
+/// \brief Seed of the backward under `sum` (docs/design.md §16): for rows with denominator den and
 /// dot_i = dout_i · num_i, out = num / (den + eps) gives ∂/∂num = inv ⊙ dout and ∂/∂den = g_den with
 ///
 ///     inv_i = 1 / (den_i + eps),   g_den_i = −dot_i · inv_i²   (= −rowsum(dout ⊙ out)_i / (den_i + eps))

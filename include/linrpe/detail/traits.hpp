@@ -178,7 +178,7 @@ struct scalar_of<P, std::void_t<typename P::scalar_type>> {
     using type = typename P::scalar_type;
 };
 
-// ---- gradients (DESIGN §13) ---------------------------------------------------------------------------
+// ---- gradients (docs/design.md §16) ---------------------------------------------------------------------------
 
 /// Optional VJP hook of a feature map: `apply_backward(x, phi, dphi, dx, feature_context)` writes
 /// dx = J_φ(x)ᵀ dphi for rows x and their features phi = apply(x). Maps without it work forward only.

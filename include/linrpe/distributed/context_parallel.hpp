@@ -23,7 +23,7 @@
 namespace linrpe {
 namespace distributed {
 
-/// \brief Context-parallel linear attention over an MPI communicator (DESIGN §15).
+/// \brief Context-parallel linear attention over an MPI communicator (docs/design.md §17).
 ///
 /// Rank r holds tokens [p_r, p_r + n_r) of every (batch, head) — q, k (B, H, n_r, D), v, out (B, H, n_r, E)
 /// — with p_{r+1} = p_r + n_r. Linear attention's key side is an associative sum, so the ranks exchange only

@@ -19,7 +19,7 @@ struct elu_plus_one {
         // (select() would evaluate coefficient by coefficient through scalar expf).
         phi = (x.array().min(S(0)).exp() + x.array().max(S(0))).matrix();
     }
-    /// VJP hook (DESIGN §13): dx = dphi ⊙ φ'(x) with φ' = 1 for x > 0 and exp(x) = φ otherwise, i.e.
+    /// VJP hook (docs/design.md §16): dx = dphi ⊙ φ'(x) with φ' = 1 for x > 0 and exp(x) = φ otherwise, i.e.
     /// φ' = min(φ, 1) read from the forward features `phi` = apply(x) (no second exp). Cost O(N·D).
     template <class S>
     void apply_backward(const Eigen::Ref<const row_matrix<S>>& /*x*/, const Eigen::Ref<const row_matrix<S>>& phi,

@@ -88,7 +88,7 @@ public:
         phi = (phi.array().exp() * norm).matrix();
     }
 
-    /// \brief VJP hook (DESIGN §13): dx = J_φ(x)ᵀ dphi of the function apply() computes, given x and its
+    /// \brief VJP hook (docs/design.md §16): dx = J_φ(x)ᵀ dphi of the function apply() computes, given x and its
     /// features `phi` = apply(x, ctx).
     ///
     /// With l_r = ±ω_r·x' − ‖x'‖²/2 − shift and φ_r = c·exp(l_r): a = dphi ⊙ φ = ∂/∂l. The query shift

@@ -17,7 +17,7 @@ struct identity {
     {
         phi = x;
     }
-    /// VJP hook (DESIGN §13): dx = J_φ(x)ᵀ dphi = dphi. `phi` = apply(x) is unused here.
+    /// VJP hook (docs/design.md §16): dx = J_φ(x)ᵀ dphi = dphi. `phi` = apply(x) is unused here.
     template <class S>
     void apply_backward(const Eigen::Ref<const row_matrix<S>>& /*x*/, const Eigen::Ref<const row_matrix<S>>& /*phi*/,
                         const Eigen::Ref<const row_matrix<S>>& dphi, Eigen::Ref<row_matrix<S>> dx,

@@ -68,7 +68,7 @@ public:
         phi.rightCols(m) = (proj.array().cos().colwise() * amp.array()).matrix();
     }
 
-    /// \brief VJP hook (DESIGN §13): dx = J_φ(x)ᵀ dphi given x and `phi` = apply(x, ctx).
+    /// \brief VJP hook (docs/design.md §16): dx = J_φ(x)ᵀ dphi given x and `phi` = apply(x, ctx).
     ///
     /// With p = ω x' and φ = a(x) [sin p, cos p]: ∂/∂p = dphi_sin ⊙ φ_cos − dphi_cos ⊙ φ_sin (read from phi,
     /// no trigonometric call), and where the amplitude a = M^{-1/2} exp(‖x'‖²/2) is kept (not a query under

@@ -19,7 +19,7 @@ struct kernel_attention_gradients {
 };
 
 /// \brief The vector–Jacobian product of reference::kernel_attention for the seed `dout` (N, E), written
-/// out in double with the N × Nk matrices materialized (DESIGN §13):
+/// out in double with the N × Nk matrices materialized (docs/design.md §16):
 ///
 ///     A = (Ψ Κᵀ) ⊙ W,  num = A V,  den = A 1
 ///     seed  sum:  out = num / (den + eps),  g = dout / (den + eps),  g_den = −rowsum(dout ⊙ out) / (den + eps)
