@@ -65,7 +65,7 @@ public:
 
     void check_input(index input_dim, index head) const
     {
-        if (input_dim != m_input_dim) detail::fail("favor input_dim (query/key width)", m_input_dim, input_dim);
+        if (input_dim != m_input_dim) detail::fail("favor input_dim (width of the rows favor receives: D, or R after a pre-feature encoding such as SPE)", m_input_dim, input_dim);
         if (m_omega.size() > 1 && (head < 0 || head >= heads()))
             detail::fail("head", detail::concat("a head index in [0, ", heads(), ") of favor"), head);
     }
