@@ -228,11 +228,14 @@ private:
     // Rows per GEMM block: (64, (2K+1)·D) stays in L2 for K ≤ 10, D ≤ 64 and keeps the GEMM efficient.
     static constexpr index block_rows = 64;
 
-    // f·p mod 1, in double: the phase stays accurate at any position (float would lose it beyond ~1e4).
+    // f·p mod 1, in double, accurate to ~1e-16 at any position p < 2^53: the rounded product alone would
+    // carry ulp(f·p) (1e-4 at p = 2^40), so a block's phase would depend on where the block starts.
     static double reduced(double f, index p)
     {
-        const double fp = f * static_cast<double>(p);
-        return fp - std::floor(fp);
+        const double pd = static_cast<double>(p);
+        const double hi = f * pd, lo = std::fma(f, pd, -hi); // hi + lo == f·p exactly
+        const double r = (hi - std::floor(hi)) + lo;         // hi − floor(hi) is exact
+        return r - std::floor(r);
     }
 
     void check_entry(index head, index d) const
