@@ -1,6 +1,6 @@
 // libFuzzer entry: the fuzzer's bytes drive the same case generator as test_fuzz.cpp; a case that is
 // neither a clean refusal nor within the bound of the exact reference aborts with its description.
-// Build: cmake -S . -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DLINRPE_FUZZ=ON && cmake --build build/fuzz --target fuzz_attention
+// Build and run: see tests/fuzz/CMakeLists.txt (opt-in, clang++, -DLINRPE_FUZZ=ON).
 #include "fuzz_case.hpp"
 
 #include <cstdio>
