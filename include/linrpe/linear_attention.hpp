@@ -105,10 +105,10 @@ public:
     toeplitz_algorithm toeplitz_choice(index rows, index cols, index input_dim, index value_dim, index head = 0,
                                        index q_first = 0, index k_first = 0) const
     {
-        require_extent("toeplitz_choice rows", rows);
-        require_extent("toeplitz_choice cols", cols);
-        require_extent("toeplitz_choice input_dim", input_dim);
-        require_extent("toeplitz_choice value_dim", value_dim);
+        detail::require_non_negative("toeplitz_choice rows", rows);
+        detail::require_non_negative("toeplitz_choice cols", cols);
+        detail::require_non_negative("toeplitz_choice input_dim", input_dim);
+        detail::require_non_negative("toeplitz_choice value_dim", value_dim);
         validate_head(rows, input_dim, cols, input_dim, cols, value_dim, head, q_first, k_first);
         if constexpr (PositionalEncoding::has_mixing) {
             if (rows == 0 || cols == 0) return m_opt.toeplitz;
@@ -193,8 +193,8 @@ public:
     /// sequence-mixing encoding, c_{j−i} (shifted by max b where `sum` lets the factor cancel).
     matrix mixing_matrix(index rows, index cols, index head = 0, index q_first = 0, index k_first = 0) const
     {
-        require_extent("mixing_matrix rows", rows);
-        require_extent("mixing_matrix cols", cols);
+        detail::require_non_negative("mixing_matrix rows", rows);
+        detail::require_non_negative("mixing_matrix cols", cols);
         if (head < 0) detail::fail("head", "a value >= 0", head);
         require_positions("first_position", q_first, rows);
         require_positions("key first_position", k_first, cols);
@@ -239,10 +239,6 @@ private:
                       "linear_attention<F, positional::none, double> (or convert the inputs).");
     }
 
-    static void require_extent(const char* argument, index value)
-    {
-        if (value < 0) detail::fail(argument, "a value >= 0", value);
-    }
     // Positions first .. first + count − 1 must lie in [0, max_position).
     static void require_positions(const char* argument, index first, index count)
     {

@@ -11,6 +11,9 @@
 #include <utility>
 
 namespace linrpe {
+template <class T>
+class tensor_view;
+
 namespace detail {
 
 template <class...>
@@ -163,19 +166,21 @@ struct scalar_of {
                                     std::conditional_t<!std::is_void<from_f>::value, from_f, float>>;
 };
 
-/// True when some argument is an Eigen matrix or a tensor_view-like type whose scalar is not S (the
-/// catch-all overloads of linear_attention turn such a call into a readable static_assert).
+/// The scalar of an argument: an Eigen type's `Scalar`, a tensor_view's value type, void for anything else
+/// (the catch-all overloads of linear_attention turn a call with a foreign scalar into a readable static_assert).
 template <class T, class = void>
-struct scalar_of_argument {
+struct eigen_scalar {
     using type = void;
 };
 template <class T>
-struct scalar_of_argument<T, std::void_t<typename T::Scalar>> {
+struct eigen_scalar<T, std::void_t<typename T::Scalar>> {
     using type = typename T::Scalar;
 };
 template <class T>
-struct scalar_of_argument<T, std::void_t<typename T::value_type, typename T::element_type, typename T::matrix_map>> {
-    using type = typename T::value_type;
+struct scalar_of_argument : eigen_scalar<T> {};
+template <class T>
+struct scalar_of_argument<tensor_view<T>> {
+    using type = std::remove_const_t<T>;
 };
 template <class S, class... Args>
 inline constexpr bool has_foreign_scalar_v =
