@@ -55,8 +55,9 @@ public:
     /// The (tokens, channels) matrix of one (batch, head), as an Eigen map with the token stride.
     matrix_map slice(index b, index h) const
     {
-        return matrix_map(m_data + b * m_stride[0] + h * m_stride[1], m_extent[2], m_extent[3],
-                          Eigen::OuterStride<>(m_stride[2]));
+        // An empty view may hold nullptr (validate() allows it), and offsetting nullptr is undefined.
+        T* const base = m_data == nullptr ? nullptr : m_data + b * m_stride[0] + h * m_stride[1];
+        return matrix_map(base, m_extent[2], m_extent[3], Eigen::OuterStride<>(m_stride[2]));
     }
 
     /// Throws linrpe::error naming `argument` if extents or strides cannot describe a valid buffer.
