@@ -7,6 +7,7 @@
 #include "types.hpp"
 #include "views.hpp"
 
+#include <memory>
 #include <vector>
 
 namespace linrpe {
@@ -19,7 +20,13 @@ namespace linrpe {
 /// With Toeplitz weights (positional::toeplitz_rpe) the state is instead the last T_max tokens' κ and [v, 1]
 /// plus one lagged state of everything older (all at the clipped weight c_{−T_max}): per token
 /// O(T_max·(M' + E) + M'·E) time and memory, growing as O(t) only while t < T_max.
-/// Created by linear_attention::decoder(); refers to that attention, which must outlive it.
+///
+/// The decoder owns a snapshot of the attention, copied at construction (policies are small value types:
+/// parameters of H heads), shared read-only by copies of the decoder. So it may outlive the attention
+/// (`make_attention().decoder()`, a std::vector of layers that reallocates), and set_options, redraw or
+/// new weights on the original never change a live decoder, which keeps computing with the parameters
+/// it started with (mixing parameters mid-sequence would not be one attention any more). To use new
+/// parameters, create a new decoder; attention() shows the snapshot.
 template <class Attention>
 class decoder {
 public:
@@ -28,7 +35,8 @@ public:
     using const_ref = Eigen::Ref<const matrix>;
     using ref = Eigen::Ref<matrix>;
 
-    decoder(const Attention& attention, index batch, index heads) : m_attn(&attention), m_batch(batch), m_heads(heads)
+    decoder(const Attention& attention, index batch, index heads)
+        : m_attn(std::make_shared<const Attention>(attention)), m_batch(batch), m_heads(heads)
     {
         if (attention.opts().mask != masking::causal)
             detail::fail("options.mask (a decoder streams a causal attention)", "masking::causal", "masking::none");
@@ -41,6 +49,8 @@ public:
     index position() const { return m_position; }
     index batch() const { return m_batch; }
     index heads() const { return m_heads; }
+    /// The snapshot of the attention this decoder computes with (taken at construction).
+    const Attention& attention() const { return *m_attn; }
 
     /// Forgets every sequence; the next token is at position 0.
     void reset()
@@ -118,7 +128,7 @@ private:
         if (m_values >= 0 && v.channels() != m_values) detail::fail("v view channels (fixed by the first prefill)", m_values, v.channels());
     }
 
-    const Attention* m_attn;
+    std::shared_ptr<const Attention> m_attn; // the snapshot; const, so copies of the decoder may share it
     index m_batch, m_heads;
     index m_position = 0;
     index m_width = -1, m_values = -1;

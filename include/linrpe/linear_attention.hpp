@@ -42,9 +42,12 @@ class decoder;
 ///
 /// \tparam FeatureMap         φ: `is_positive`, `output_dim(D)`, `apply(X, Φ, feature_context)`.
 /// \tparam PositionalEncoding stage flags, `preserves_positivity(max_offset)` and the hooks of its stages.
-/// \tparam Scalar             float or double; all accumulation is in Scalar.
+/// \tparam Scalar             float or double; all accumulation is in Scalar. Defaults to the encoding's
+///                            `scalar_type`, else the feature map's, else float: linear_attention<F> and
+///                            linear_attention<F, positional::none> are float unless told `double`
+///                            (a call with double matrices then stops at a static_assert saying so).
 template <class FeatureMap, class PositionalEncoding = positional::none,
-          class Scalar = typename detail::scalar_of<PositionalEncoding>::type>
+          class Scalar = typename detail::scalar_of<PositionalEncoding, FeatureMap>::type>
 class linear_attention {
     static_assert(std::is_floating_point<Scalar>::value, "linear_attention needs a floating-point Scalar (float or double).");
     static_assert(detail::is_feature_map_v<FeatureMap, Scalar>,
@@ -98,6 +101,30 @@ public:
         else return m;
     }
 
+    /// \brief The algorithm forward() runs for `head` when the encoding mixes the sequence (toeplitz_rpe):
+    /// options::toeplitz when forced, else the one `automatic` resolves to for a call with N = `rows`
+    /// queries at q_first.., Nk = `cols` keys at k_first.., input width D and value width E. Without
+    /// sequence mixing (or with no keys) it returns options::toeplitz, which is then unused. The decoder
+    /// always runs options::toeplitz as given (automatic resolves per step).
+    toeplitz_algorithm toeplitz_choice(index rows, index cols, index input_dim, index value_dim, index head = 0,
+                                       index q_first = 0, index k_first = 0) const
+    {
+        detail::require_non_negative("toeplitz_choice rows", rows);
+        detail::require_non_negative("toeplitz_choice cols", cols);
+        detail::require_non_negative("toeplitz_choice input_dim", input_dim);
+        detail::require_non_negative("toeplitz_choice value_dim", value_dim);
+        validate_head(rows, input_dim, cols, input_dim, cols, value_dim, head, q_first, k_first);
+        if constexpr (PositionalEncoding::has_mixing) {
+            if (rows == 0 || cols == 0) return m_opt.toeplitz;
+            const auto w = m_pe.template mixing_weights<Scalar>(head, common_factor_cancels());
+            const index ex = value_dim + (m_opt.norm == normalization::sum ? 1 : 0);
+            return detail::toeplitz_resolve<Scalar>(m_opt.toeplitz, w, rows, cols, encoded_dim(input_dim), ex,
+                                                    k_first - q_first, m_opt.mask == masking::causal);
+        } else {
+            return m_opt.toeplitz;
+        }
+    }
+
     /// \brief Single head: returns out (N, E) for Q (N, D), K (Nk, D), V (Nk, E); queries and keys start
     /// at absolute position `first_position`.
     matrix operator()(const const_ref& q, const const_ref& k, const const_ref& v, index head = 0,
@@ -127,6 +154,10 @@ public:
         validate_head(q.rows(), q.cols(), k.rows(), k.cols(), v.rows(), v.cols(), head, q_first, k_first);
         if (out.rows() != q.rows() || out.cols() != v.cols())
             detail::fail("out shape", detail::shape(q.rows(), v.cols()), detail::shape(out.rows(), out.cols()));
+        const detail::footprint o = detail::footprint_of(out);
+        detail::require_disjoint("out", o, "q", detail::footprint_of(q));
+        detail::require_disjoint("out", o, "k", detail::footprint_of(k));
+        detail::require_disjoint("out", o, "v", detail::footprint_of(v));
         const detail::serial_eigen_scope serial_eigen;
         ws.prepare(call_slots(m_opt.threads));
         run_head(q, k, v, out, head, q_first, k_first, nullptr, 1, &ws);
@@ -163,10 +194,25 @@ public:
     /// Frees the attention's own workspace; call it while no call on this object runs.
     void release_workspace() { m_pool.own().release(); }
 
+    /// Calls with matrices or views of another scalar: a compile-time error that names the cause.
+    template <class... Args, std::enable_if_t<detail::has_foreign_scalar_v<Scalar, Args...>, int> = 0>
+    matrix operator()(const Args&...) const
+    {
+        reject_foreign_scalar<Args...>();
+        return {};
+    }
+    template <class... Args, std::enable_if_t<detail::has_foreign_scalar_v<Scalar, Args...>, int> = 0>
+    void forward(const Args&...) const
+    {
+        reject_foreign_scalar<Args...>();
+    }
+
     /// \brief ψ (role::query) or κ (role::key) of the rows `x` at positions first_position.. for `head`,
     /// exactly as forward() computes them for a whole sequence: the input of the exact references.
     matrix features(const const_ref& x, role which, index head = 0, index first_position = 0) const
     {
+        if (head < 0) detail::fail("head", "a value >= 0", head);
+        require_positions("first_position", first_position, x.rows());
         detail::check_input_if_any(m_map, feature_input_dim(x.cols()), head);
         detail::check_input_if_any(m_pe, x.cols(), head);
         check_post_feature_dim(x.cols(), head);
@@ -181,6 +227,11 @@ public:
     /// entry of W overflows Scalar).
     matrix mixing_matrix(index rows, index cols, index head = 0, index q_first = 0, index k_first = 0) const
     {
+        detail::require_non_negative("mixing_matrix rows", rows);
+        detail::require_non_negative("mixing_matrix cols", cols);
+        if (head < 0) detail::fail("head", "a value >= 0", head);
+        require_positions("first_position", q_first, rows);
+        require_positions("key first_position", k_first, cols);
         matrix w = matrix::Ones(rows, cols);
         if constexpr (PositionalEncoding::has_mixing) {
             const auto c = call_weights(head, rows, cols, q_first, k_first, false);
@@ -189,14 +240,18 @@ public:
                 for (index j = 0; j < cols; ++j)
                     w(i, j) = static_cast<Scalar>(static_cast<long double>(c.at((k_first + j) - (q_first + i))) * scale);
         }
-        if (m_opt.mask == masking::causal)
+        if (m_opt.mask == masking::causal) // key k_first + j after query q_first + i
             for (index i = 0; i < rows; ++i)
                 for (index j = 0; j < cols; ++j)
-                    if (k_first + j > q_first + i) w(i, j) = Scalar(0);
+                    if (j - i > q_first - k_first) w(i, j) = Scalar(0);
         return w;
     }
 
-    /// A streaming decoder for `batch` sequences of `heads` heads (needs masking::causal).
+    /// \brief A streaming decoder for `batch` sequences of `heads` heads (needs masking::causal).
+    ///
+    /// The decoder keeps its own snapshot (a copy) of this attention, taken here: it may outlive this
+    /// object, and later changes to its parameters, options or realization (set_options, redraw, loading
+    /// weights) do not reach a live decoder; create a new decoder to use them.
     linrpe::decoder<linear_attention> decoder(index batch = 1, index heads = 1) const
     {
         return linrpe::decoder<linear_attention>(*this, batch, heads);
@@ -293,11 +348,36 @@ private:
         return m_pe.template mixing_weights<Scalar>(head, first, last);
     }
 
+    template <class... Args>
+    static void reject_foreign_scalar()
+    {
+        static_assert(detail::dependent_false<Args...>,
+                      "linear_attention: the matrices or views have another scalar than the attention's Scalar. "
+                      "linear_attention<F, P> computes in P's (or F's) scalar_type, else float: for double write "
+                      "linear_attention<F, positional::none, double> (or convert the inputs).");
+    }
+
+    // Positions first .. first + count − 1 must lie in [0, max_position).
+    static void require_positions(const char* argument, index first, index count)
+    {
+        if (first < 0) detail::fail(argument, "a value >= 0", first);
+        if (first > max_position - count)
+            detail::fail(argument, detail::concat("a value <= ", max_position, " - ", count, " (positions below 2^53)"), first);
+    }
+
     static void validate_options(const options_type& opt)
     {
+        if (opt.mask != masking::none && opt.mask != masking::causal)
+            detail::fail("options.mask", "masking::none or masking::causal", static_cast<int>(opt.mask));
+        if (opt.norm != normalization::sum && opt.norm != normalization::none && opt.norm != normalization::rms)
+            detail::fail("options.norm", "normalization::sum, none or rms", static_cast<int>(opt.norm));
+        if (opt.toeplitz != toeplitz_algorithm::automatic && opt.toeplitz != toeplitz_algorithm::dense &&
+            opt.toeplitz != toeplitz_algorithm::fft && opt.toeplitz != toeplitz_algorithm::banded)
+            detail::fail("options.toeplitz", "toeplitz_algorithm::automatic, dense, fft or banded", static_cast<int>(opt.toeplitz));
         if (!(opt.eps > Scalar(0)) || !std::isfinite(static_cast<double>(opt.eps)))
             detail::fail("options.eps", "a finite value > 0", opt.eps);
-        if (opt.chunk_size < 1) detail::fail("options.chunk_size", "a value >= 1", opt.chunk_size);
+        if (opt.chunk_size < 1 || opt.chunk_size > options_type::max_chunk_size)
+            detail::fail("options.chunk_size", detail::concat("a value in [1, ", options_type::max_chunk_size, "]"), opt.chunk_size);
         if (opt.segment_rows < 1) detail::fail("options.segment_rows", "a value >= 1", opt.segment_rows);
         if (opt.threads < 0) detail::fail("options.threads", "a value >= 0 (0 = OpenMP default)", opt.threads);
         if (opt.norm == normalization::sum && !FeatureMap::is_positive && !opt.allow_signed_normalizer)
@@ -319,8 +399,8 @@ private:
         if (dk != d) detail::fail("k columns (key width must equal query width)", d, dk);
         if (nv != nk) detail::fail("v rows (values must match keys)", nk, nv);
         if (head < 0) detail::fail("head", "a value >= 0", head);
-        if (q_first < 0) detail::fail("first_position", "a value >= 0", q_first);
-        if (k_first < 0) detail::fail("key first_position", "a value >= 0", k_first);
+        require_positions("first_position", q_first, n);
+        require_positions("key first_position", k_first, nk);
         if (m_opt.mask == masking::causal) {
             if (nk != n) detail::fail("k rows (causal attention needs as many keys as queries)", n, nk);
             if (k_first != q_first) detail::fail("key first_position (causal: same as queries)", q_first, k_first);
@@ -347,6 +427,11 @@ private:
         k.validate("k view");
         v.validate("v view");
         out.validate("out view");
+        out.validate_distinct("out view");
+        const detail::footprint o = detail::footprint_of(out);
+        detail::require_disjoint("out view", o, "q view", detail::footprint_of(q));
+        detail::require_disjoint("out view", o, "k view", detail::footprint_of(k));
+        detail::require_disjoint("out view", o, "v view", detail::footprint_of(v));
         const auto dims = [](index a, index b, index c, index d) { return detail::concat("(", a, ", ", b, ", ", c, ", ", d, ")"); };
         if (k.batch() != q.batch() || k.heads() != q.heads())
             detail::fail("k view extents", dims(q.batch(), q.heads(), k.tokens(), q.channels()), dims(k.batch(), k.heads(), k.tokens(), k.channels()));
@@ -355,9 +440,22 @@ private:
         if (out.batch() != q.batch() || out.heads() != q.heads() || out.tokens() != q.tokens() || out.channels() != v.channels())
             detail::fail("out view extents", dims(q.batch(), q.heads(), q.tokens(), v.channels()),
                          dims(out.batch(), out.heads(), out.tokens(), out.channels()));
-        for (index h = 0; h < q.heads(); ++h)
+        const auto head_call = [&](index h) {
             validate_head(q.tokens(), q.channels(), k.tokens(), k.channels(), v.tokens(), v.channels(), h, first_position,
                           first_position);
+        };
+        if (q.heads() > 0) head_call(0);
+        // Head 0 passed every check that does not depend on the head: a later failure is about the views'
+        // head count (more heads than the encoding or feature map holds) or that head's parameters.
+        for (index h = 1; h < q.heads(); ++h) {
+            try {
+                head_call(h);
+            } catch (const error& e) {
+                detail::fail("q view heads", detail::concat("heads the encoding and feature map accept (head ", h,
+                                                            " is refused: ", e.what(), ")"),
+                             q.heads());
+            }
+        }
     }
 
     // A post-feature encoding is told the width φ produces (only the core knows it).
@@ -448,7 +546,7 @@ private:
         if constexpr (!PositionalEncoding::has_mixing) {
             if (causal)
                 detail::causal_forward<Scalar>(q, k, v, out, q_first, state, splits_sequence(call_heads, q.rows()),
-                                               setup(q.cols()), *ws, encoder_into(head), normalizer());
+                                               causal_setup(q.cols(), q.rows()), *ws, encoder_into(head), normalizer());
             else
                 detail::noncausal_forward<Scalar>(q, k, v, out, q_first, k_first, setup(q.cols()), *ws,
                                                   encoder_into(head), normalizer());
@@ -519,6 +617,13 @@ private:
         st.threads = m_opt.threads;
         st.chunk = m_opt.chunk_size;
         st.segment_rows = m_opt.segment_rows;
+        return st;
+    }
+    // A chunk longer than the call only adds O(chunk²) scratch: min(chunk, n) gives the same bits (one chunk).
+    detail::mixer_setup causal_setup(index d, index n) const
+    {
+        detail::mixer_setup st = setup(d);
+        st.chunk = std::min(st.chunk, std::max<index>(n, 1));
         return st;
     }
     // encode() bound to one head, for the mixers.

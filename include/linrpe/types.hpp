@@ -10,6 +10,13 @@ namespace linrpe {
 
 using index = Eigen::Index;
 
+/// \brief Bound on absolute positions: every query and key position p of a call satisfies 0 <= p < 2^53.
+///
+/// Why 2^53: positions enter the encodings as doubles (LRPE angles p·θ, SPE phases f·p), exact only below
+/// 2^53; and first + N, differences of positions and the offset tables then never overflow `index`. Calls
+/// whose first position + length exceed it throw linrpe::error naming the position argument.
+inline constexpr index max_position = index(1) << 53;
+
 /// Row-major dynamic matrix: rows are tokens, columns are channels (the layout of every (N, D) argument).
 template <class Scalar>
 using row_matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -43,12 +50,15 @@ struct options {
     normalization norm = normalization::sum;
     /// Added to the denominator (sum) or to the mean square (rms); must be finite and > 0.
     Scalar eps = Scalar(1e-6);
-    /// Rows per chunk of the causal chunked GEMM form; any value >= 1 gives the same result to rounding.
+    /// Rows per chunk of the causal chunked GEMM form, in [1, max_chunk_size]; any such value gives the same
+    /// result to rounding. A call uses min(chunk_size, N) (its scratch is O(chunk²)).
     index chunk_size = 32;
+    /// Largest accepted chunk_size: (C, C) scratch of 4096² doubles is already 128 MiB.
+    static constexpr index max_chunk_size = 4096;
     /// Rows per segment of a long head (rounded to whole blocks): causal heads in calls of fewer than 8
     /// sequences run their segments in parallel, Toeplitz banded mixing always works segment by segment
     /// (features of one segment and its key window stay in cache). Like chunk_size, any value >= 1 gives
-    /// the same result to rounding; the thread count never changes it.
+    /// the same result to rounding; the thread count never changes it. Values beyond N act as N.
     index segment_rows = 4096;
     /// Accept `sum` normalization for scores that can be negative (e.g. trig_features, as Performer does).
     bool allow_signed_normalizer = false;

@@ -39,7 +39,8 @@ void toeplitz_segments_forward(const Eigen::Ref<const row_matrix<S>>& q, const E
     const bool with_den = setup.with_den;
     const index m = setup.m, ex = e + (with_den ? 1 : 0);
     const index rb = banded_block(w.t_max);
-    const index segment = std::max<index>(1, setup.segment_rows / rb) * rb;
+    // At most n: a larger segment is the same single segment, and (n + segment − 1) must not overflow.
+    const index segment = std::min(n, std::max<index>(1, setup.segment_rows / rb) * rb);
     const index segments = (n + segment - 1) / segment;
     parallel = parallel && segments > 1;
     std::vector<index> a(static_cast<std::size_t>(segments + 1)), b(a.size());

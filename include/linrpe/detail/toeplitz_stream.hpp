@@ -30,7 +30,8 @@ public:
              Eigen::Ref<row_matrix<S>> num, index q_first, toeplitz_algorithm algo)
     {
         const index n = psi.rows(), m = kappa.cols(), ex = vx.cols();
-        if (m_far.size() == 0) {
+        if (!m_initialized) { // not m_far.size() == 0: with M'·Ex = 0 that would reset the history every call
+            m_initialized = true;
             m_far = row_matrix<S>::Zero(m, ex);
             m_keys.resize(0, m);
             m_values.resize(0, ex);
@@ -75,6 +76,7 @@ private:
     row_matrix<S> m_far;            // (M', Ex)
     index m_begin = 0, m_count = 0;
     bool m_evicted = false;
+    bool m_initialized = false;
 };
 
 } // namespace detail

@@ -11,6 +11,9 @@
 #include <utility>
 
 namespace linrpe {
+template <class T>
+class tensor_view;
+
 namespace detail {
 
 template <class...>
@@ -168,15 +171,50 @@ template <class P, class S>
 inline constexpr bool is_positional_encoding_v = has_stage_flags<P>::value && has_preserves_positivity<P>::value &&
                                                  pre_ok<P, S>() && post_ok<P, S>() && mixing_ok<P, S>();
 
-/// Scalar of a positional encoding that names one (`scalar_type`), float otherwise.
-template <class P, class = void>
+/// `T::scalar_type` when T names one, void otherwise.
+template <class T, class = void>
+struct named_scalar {
+    using type = void;
+};
+template <class T>
+struct named_scalar<T, std::void_t<typename T::scalar_type>> {
+    using type = typename T::scalar_type;
+};
+
+/// \brief The Scalar a linear_attention<F, P> computes in when none is given: P's `scalar_type`, else F's,
+/// else float.
+///
+/// The built-in feature maps and positional::none are scalar-agnostic (their hooks are templates), so
+/// linear_attention<F, positional::none> is float unless the third template argument says double; a call
+/// with double matrices then fails to compile with a static_assert that says so (linear_attention.hpp).
+template <class P, class F = void>
 struct scalar_of {
-    using type = float;
+    using from_p = typename named_scalar<P>::type;
+    using from_f = typename named_scalar<F>::type;
+    using type = std::conditional_t<!std::is_void<from_p>::value, from_p,
+                                    std::conditional_t<!std::is_void<from_f>::value, from_f, float>>;
 };
-template <class P>
-struct scalar_of<P, std::void_t<typename P::scalar_type>> {
-    using type = typename P::scalar_type;
+
+/// The scalar of an argument: an Eigen type's `Scalar`, a tensor_view's value type, void for anything else
+/// (the catch-all overloads of linear_attention turn a call with a foreign scalar into a readable static_assert).
+template <class T, class = void>
+struct eigen_scalar {
+    using type = void;
 };
+template <class T>
+struct eigen_scalar<T, std::void_t<typename T::Scalar>> {
+    using type = typename T::Scalar;
+};
+template <class T>
+struct scalar_of_argument : eigen_scalar<T> {};
+template <class T>
+struct scalar_of_argument<tensor_view<T>> {
+    using type = std::remove_const_t<T>;
+};
+template <class S, class... Args>
+inline constexpr bool has_foreign_scalar_v =
+    (... || (!std::is_void<typename scalar_of_argument<std::decay_t<Args>>::type>::value &&
+             !std::is_same<typename scalar_of_argument<std::decay_t<Args>>::type, S>::value));
 
 // ---- gradients (docs/design.md §16) ---------------------------------------------------------------------------
 

@@ -66,7 +66,9 @@ public:
     /// Before a call: the input width, the head and its ω (shape (M, D), finite).
     void check_input(index input_dim, index head) const
     {
-        if (input_dim != m_input_dim) detail::fail("favor input_dim (query/key width)", m_input_dim, input_dim);
+        if (input_dim != m_input_dim)
+            detail::fail("favor input_dim (width of the rows favor receives: D, or R after a pre-feature encoding such as SPE)",
+                         m_input_dim, input_dim);
         m_omega.check(head);
     }
 

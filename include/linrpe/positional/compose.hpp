@@ -54,6 +54,11 @@ public:
         detail::check_input_if_any(feature_side, input_dim, head);
         detail::check_input_if_any(mixing, input_dim, head);
     }
+    /// Forwards the width φ produces to A (e.g. LRPE checks it against its dim).
+    void check_feature_dim(index feature_dim, index head) const
+    {
+        detail::check_feature_dim_if_any(feature_side, feature_dim, head);
+    }
 
     template <class AA = A, std::enable_if_t<AA::has_pre_feature, int> = 0>
     index pre_output_dim(index input_dim) const

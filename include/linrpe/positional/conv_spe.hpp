@@ -150,6 +150,8 @@ public:
     void check_input(index input_dim, index head) const
     {
         detail::spe_check_common("conv_spe", input_dim, m_dim, head, m_heads, gated, gate);
+        if (algorithm != conv_algorithm::automatic && algorithm != conv_algorithm::direct && algorithm != conv_algorithm::fft)
+            detail::fail("conv_spe algorithm", "conv_algorithm::automatic, direct or fft", static_cast<int>(algorithm));
         check_shape("conv_spe query_filter", query_filter);
         check_shape("conv_spe key_filter", key_filter);
         detail::require_all_finite("conv_spe query_filter", query_filter.middleRows(head * m_dim, m_dim));
