@@ -324,7 +324,7 @@ TEST_CASE("toeplitz_choice returns the algorithm forward runs", "[validation][to
     for (const linrpe::index n : {linrpe::index(1), linrpe::index(16), linrpe::index(4096)}) {
         const toeplitz_algorithm got = attn.toeplitz_choice(n, n, 8, 8);
         CAPTURE(n, int(got));
-        const auto w = attn.positional().mixing_weights<double>(0, true);
+        const auto w = attn.positional().mixing_weights<double>(0, 1 - n, n - 1);
         REQUIRE(got == detail::toeplitz_resolve<double>(toeplitz_algorithm::automatic, w, n, n, attn.encoded_dim(8), 9, 0, false));
         REQUIRE(got != toeplitz_algorithm::automatic);
     }

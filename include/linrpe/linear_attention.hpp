@@ -116,7 +116,7 @@ public:
         validate_head(rows, input_dim, cols, input_dim, cols, value_dim, head, q_first, k_first);
         if constexpr (PositionalEncoding::has_mixing) {
             if (rows == 0 || cols == 0) return m_opt.toeplitz;
-            const auto w = m_pe.template mixing_weights<Scalar>(head, common_factor_cancels());
+            const auto w = call_weights(head, rows, cols, q_first, k_first, false);
             const index ex = value_dim + (m_opt.norm == normalization::sum ? 1 : 0);
             return detail::toeplitz_resolve<Scalar>(m_opt.toeplitz, w, rows, cols, encoded_dim(input_dim), ex,
                                                     k_first - q_first, m_opt.mask == masking::causal);
