@@ -1,7 +1,7 @@
 // attention_state: state passing (a sequence in k causal calls of random sizes equals one call, for every
 // encoding), export → import → continue, thread independence, and the refusals of bad states and buffers
 // (including random and mutated bytes fed to import).
-#include "support.hpp"
+#include "support_state.hpp"
 
 #include <algorithm>
 #include <functional>
@@ -9,7 +9,7 @@
 #include <vector>
 
 namespace {
-using namespace linrpe;
+using namespace state_test;
 using linrpe::index;
 
 // FFT mixing adds log-depth rounding (see test_compose): 4·log2 L·√(N + Nk) more terms; others need none.
@@ -29,18 +29,6 @@ std::vector<index> random_pieces(index n, std::uint32_t seed)
     std::shuffle(sizes.begin(), sizes.end(), gen);
     return sizes;
 }
-
-// Packed (B, H, N, W) buffer with its view and token-range views.
-template <class S>
-struct bhnd {
-    index b, h, n, w;
-    row_matrix<S> data;
-    bhnd(index b_, index h_, index n_, index w_, std::uint32_t seed) : b(b_), h(h_), n(n_), w(w_), data(test::uniform<S>(b * h * n, w, seed)) {}
-    tensor_view<const S> in(index t0, index count) const { return tensor_view<const S>(data.data() + t0 * w, b, h, count, w, h * n * w, n * w, w); }
-    tensor_view<S> out(index t0, index count) { return tensor_view<S>(data.data() + t0 * w, b, h, count, w, h * n * w, n * w, w); }
-    tensor_view<const S> in() const { return in(0, n); }
-    row_matrix<S> slice(index bi, index hi) const { return in().slice(bi, hi); }
-};
 
 // Runs `attn` over q, k, v in the given pieces from a fresh state; `between` sees the state after each piece.
 template <class Attention, class S>
@@ -84,26 +72,8 @@ int check_split(const Attention& attn, std::uint32_t seed, index extra_terms = 0
 template <class S>
 options<S> causal(normalization norm = normalization::sum)
 {
-    options<S> opt;
-    opt.mask = masking::causal;
-    opt.norm = norm;
-    opt.chunk_size = 8;
-    opt.threads = 1; // tiny calls; the thread test sets its own counts
-    return opt;
+    return make_options<S>(masking::causal, norm);
 }
-
-template <class S>
-positional::toeplitz_rpe<S> random_bias(index heads, index t_max, std::uint32_t seed)
-{
-    positional::toeplitz_rpe<S> rpe(heads, t_max);
-    rpe.bias = test::uniform<S>(heads, 2 * t_max - 1, seed, 1.5);
-    return rpe;
-}
-
-template <class S>
-using plain_attention = linear_attention<feature_maps::elu_plus_one, positional::none, S>;
-template <class S>
-using toeplitz_attention = linear_attention<feature_maps::elu_plus_one, positional::toeplitz_rpe<S>, S>;
 
 TEMPLATE_TEST_CASE("State passing: k calls of random sizes equal one call, every encoding", "[state][split]", float, double)
 {

@@ -140,8 +140,6 @@ public:
 private:
     friend Attention;
     friend struct detail::sequence_calls<Attention>;
-    template <class>
-    friend class decoder;
     using stream_type = typename Attention::stream_state;
     static constexpr bool toeplitz = Attention::positional_encoding_type::has_mixing;
 
