@@ -26,7 +26,9 @@ struct sequence_calls;
 ///
 /// Slots are independent: each can be reset, restarted at a position, prefilled, stepped with any subset
 /// of the others, exported and imported, and no call touches (or changes one bit of the outputs of) a slot
-/// it was not given. The decoder holds its own copy of the attention, taken at creation.
+/// it was not given. A slot's own outputs do not depend on which slots share its call either, except to
+/// rounding for prefills longer than options::segment_rows (a call of fewer than 8 sequences cuts those
+/// into parallel segments). The decoder holds its own copy of the attention, taken at creation.
 template <class Attention>
 class decoder {
 public:
