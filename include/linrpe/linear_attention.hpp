@@ -28,6 +28,12 @@ namespace linrpe {
 
 template <class Attention>
 class decoder;
+template <class Attention>
+class attention_state;
+namespace detail {
+template <class Attention>
+struct sequence_calls;
+} // namespace detail
 
 /// \brief Linear (kernelized) attention with a positional encoding, for one head or a batch of heads.
 ///
@@ -330,10 +336,57 @@ public:
             },
             2.5 * head_work(q.tokens(), k.tokens(), q.channels(), v.channels())); // backward ≈ 2.5 forwards
 
+
+    // ---- State passing, per-sequence positions, key lengths, packed variable lengths (docs/design.md §8) ----
+
+    /// The state type of this attention's causal calls (see linrpe::attention_state).
+    using state_type = linrpe::attention_state<linear_attention>;
+    /// Empty state slots at position 0 for `batch` sequences of `heads` heads.
+    state_type make_state(index batch, index heads) const { return state_type(batch, heads); }
+
+    /// \brief Causal, batched, continuing `state`: sequence b, head h starts at the slot's position from its
+    /// S (or Toeplitz window) and the slot is left after the call's tokens. k calls over consecutive pieces
+    /// equal one call to rounding; cost as forward(). Throws (state and out untouched) on a state of other
+    /// batch, heads or (M', E).
+    void forward(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
+                 tensor_view<Scalar> out, state_type& state) const
+    {
+        typename detail::workspace_pool<Scalar>::lease lease(m_pool);
+        detail::sequence_calls<linear_attention>::forward_state(*this, q, k, v, out, state, nullptr, lease.get());
+    }
+    /// Batched with per-sequence first positions (size B; queries and keys of sequence b start at first[b]).
+    void forward_positions(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
+                           tensor_view<Scalar> out, const std::vector<index>& first_positions) const
+    {
+        typename detail::workspace_pool<Scalar>::lease lease(m_pool);
+        detail::sequence_calls<linear_attention>::forward_sequences(*this, q, k, v, out, first_positions, nullptr, lease.get());
+    }
+    /// \brief Non-causal, batched, with padding: sequence b has `key_lengths[b]` valid keys (the first rows);
+    /// the others enter neither numerator nor denominator. Optional per-sequence first positions.
+    void forward_key_lengths(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
+                             tensor_view<Scalar> out, const std::vector<index>& key_lengths,
+                             const std::vector<index>& first_positions = {}) const
+    {
+        typename detail::workspace_pool<Scalar>::lease lease(m_pool);
+        detail::sequence_calls<linear_attention>::forward_sequences(*this, q, k, v, out, first_positions, &key_lengths,
+                                                                    lease.get());
+    }
+    /// \brief Packed variable lengths: q, k (1, H, T, D), v (1, H, T, E), out (1, H, T, E) hold B sequences
+    /// back to back, sequence b in token rows [cu_seqlens[b], cu_seqlens[b+1]) (B + 1 offsets, cu[0] = 0,
+    /// cu[B] = T), each attending only to itself, causal or not, from position first_positions[b] (0 when
+    /// empty). Equals B separate calls; no padding is computed.
+    void forward_packed(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
+                        tensor_view<Scalar> out, const std::vector<index>& cu_seqlens,
+                        const std::vector<index>& first_positions = {}) const
+    {
+        typename detail::workspace_pool<Scalar>::lease lease(m_pool);
+        detail::sequence_calls<linear_attention>::forward_packed(*this, q, k, v, out, cu_seqlens, first_positions, lease.get());
     }
 
 private:
     friend class linrpe::decoder<linear_attention>;
+    friend class linrpe::attention_state<linear_attention>;
+    friend struct detail::sequence_calls<linear_attention>;
 
     // Per-sequence decoder state: S = Σ κ vxᵀ without mixing weights; band history + far state with them.
     using causal_stream = detail::causal_state<Scalar>;
@@ -724,4 +777,6 @@ private:
 
 } // namespace linrpe
 
+#include "attention_state.hpp"
 #include "decoder.hpp"
+#include "detail/sequence_calls.hpp"

@@ -10,6 +10,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <utility>
 
 namespace linrpe {
 namespace detail {
@@ -52,6 +53,25 @@ public:
 
     /// Tokens held explicitly (at most T_max between calls).
     index history() const { return m_count; }
+
+    // Read access and wholesale replacement, for attention_state's export and validated import.
+    bool empty() const { return m_far.size() == 0; }
+    index feature_width() const { return m_far.rows(); }
+    index value_width() const { return m_far.cols(); }
+    bool evicted() const { return m_evicted; }
+    auto keys() const { return m_keys.middleRows(m_begin, m_count); }     // (count, M')
+    auto values() const { return m_values.middleRows(m_begin, m_count); } // (count, Ex)
+    const row_matrix<S>& far() const { return m_far; }                    // (M', Ex)
+    /// Replaces the state by a history of keys (count, M'), values (count, Ex) and the far state (M', Ex).
+    void assign(row_matrix<S> keys, row_matrix<S> values, row_matrix<S> far, bool evicted)
+    {
+        m_count = keys.rows();
+        m_begin = 0;
+        m_keys = std::move(keys);
+        m_values = std::move(values);
+        m_far = std::move(far);
+        m_evicted = evicted;
+    }
 
 private:
     void append(const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& vx)

@@ -1,0 +1,179 @@
+#pragma once
+// IWYU pragma: private
+/// \file
+/// \brief The batched calls of docs/design.md §8 over linear_attention's per-head dispatch: state passing,
+/// per-sequence first positions, key lengths (padding masks) and packed variable-length sequences.
+///
+/// Each is a loop over (sequence, head) items that hands one head's rows to run_head, exactly as the plain
+/// batched forward() does: a sequence of a packed call is a row range of the packed view, a padded key set
+/// is the first len_b rows of the keys (mathematically the same as weights 0 on the rest), a state slot is
+/// the `carried` stream of its item. Validation of everything precedes the first write.
+
+#include "../attention_state.hpp"
+#include "../errors.hpp"
+#include "../types.hpp"
+#include "../views.hpp"
+#include "../workspace.hpp"
+#include "state_buffer.hpp"
+#include "parallel.hpp"
+
+#include <algorithm>
+#include <vector>
+
+namespace linrpe {
+namespace detail {
+
+template <class Attention>
+struct sequence_calls {
+    using S = typename Attention::scalar_type;
+    using in_view = tensor_view<const S>;
+    using out_view = tensor_view<S>;
+    using state_type = attention_state<Attention>;
+
+    /// Causal call continuing state slots: batch entry a of the views continues sequence slots[a] of `state`
+    /// (entry a itself when `slots` is null); those slots leave the call advanced by the views' tokens.
+    static void forward_state(const Attention& attn, in_view q, in_view k, in_view v, out_view out, state_type& state,
+                              const std::vector<index>* slots, workspace<S>& ws)
+    {
+        if (attn.opts().mask != masking::causal)
+            fail("options.mask (state passing continues a causal attention)", "masking::causal", "masking::none");
+        check_extents(q, k, v, out);
+        if (q.heads() != state.heads()) fail("state heads", q.heads(), state.heads());
+        const index items = q.batch();
+        const auto slot_of = [&](index a) { return slots ? (*slots)[static_cast<std::size_t>(a)] : a; };
+        if (slots) {
+            if (index(slots->size()) != items) fail("slots (one per batch entry of the views)", items, slots->size());
+            std::vector<char> seen(static_cast<std::size_t>(state.batch()), 0);
+            for (const index b : *slots) {
+                if (b < 0 || b >= state.batch()) fail("slots entry", concat("0 <= slot < ", state.batch()), b);
+                if (seen[static_cast<std::size_t>(b)]++) fail("slots entry (each slot at most once)", "distinct slots", b);
+            }
+        } else if (items != state.batch()) {
+            fail("state batch", items, state.batch());
+        }
+        const index n = q.tokens(), d = q.channels(), e = v.channels(), m = attn.encoded_dim(d);
+        const bool with_den = attn.opts().norm == normalization::sum;
+        for (index a = 0; a < items; ++a)
+            for (index h = 0; h < q.heads(); ++h) {
+                const auto& s = state.slot(slot_of(a), h);
+                if (n > state_position_limit - s.position)
+                    fail("state position (after the call)", "<= 2^53", concat(s.position, " + ", n));
+                // As if the call spanned the slot's whole history: positivity is checked at every offset a
+                // query of this call sees (from the slot's origin on).
+                const index span = s.position - s.origin + n;
+                attn.validate_head(span, d, span, d, span, e, h, s.origin, s.origin);
+                if (!s.stream.empty() && (state_type::features_of(s) != m || state_type::values_of(s, with_den) != e ||
+                                          !state_type::fits_normalization(s, with_den)))
+                    fail("state slot sizes (M', E)", concat("(", m, ", ", e, ") for this call"),
+                         concat("(", state_type::features_of(s), ", ", state_type::values_of(s, with_den), ") at slot (",
+                                slot_of(a), ", ", h, ")"));
+            }
+        const index heads = q.heads(), calls = items * heads;
+        const serial_eigen_scope serial_eigen; // linrpe's products stay serial: results independent of threads
+        ws.prepare(Attention::call_slots(attn.opts().threads));
+        parallel_for(calls, attn.head_threads(calls, n), [&](index ah) {
+            const index a = ah / heads, h = ah % heads;
+            auto& s = state.slot(slot_of(a), h);
+            attn.run_head(q.slice(a, h), k.slice(a, h), v.slice(a, h), out.slice(a, h), h, s.position, s.position,
+                          &s.stream, calls, &ws);
+        }, attn.head_work(n, n, d, e));
+        for (index a = 0; a < items; ++a)
+            for (index h = 0; h < heads; ++h) state.slot(slot_of(a), h).position += n;
+    }
+
+    /// Batched call with per-sequence first positions (`first` size B, or empty for 0) and, for a
+    /// non-causal call, per-sequence key lengths (`key_lengths` size B: keys j >= len_b are left out).
+    static void forward_sequences(const Attention& attn, in_view q, in_view k, in_view v, out_view out,
+                                  const std::vector<index>& first, const std::vector<index>* key_lengths, workspace<S>& ws)
+    {
+        check_extents(q, k, v, out);
+        const index batch = q.batch(), heads = q.heads();
+        check_per_sequence("first_positions", first, batch, 0, -1);
+        if (key_lengths) {
+            if (attn.opts().mask == masking::causal)
+                fail("options.mask (key lengths mask the padding of non-causal calls; causal rows never see later keys)",
+                     "masking::none", "masking::causal");
+            check_per_sequence("key_lengths", *key_lengths, batch, 0, k.tokens());
+        }
+        const auto keys = [&](index b) {
+            return key_lengths && !key_lengths->empty() ? (*key_lengths)[static_cast<std::size_t>(b)] : k.tokens();
+        };
+        for (index b = 0; b < batch; ++b)
+            for (index h = 0; h < heads; ++h)
+                attn.validate_head(q.tokens(), q.channels(), keys(b), k.channels(), keys(b), v.channels(), h, at(first, b),
+                                   at(first, b));
+        const serial_eigen_scope serial_eigen; // linrpe's products stay serial: results independent of threads
+        ws.prepare(Attention::call_slots(attn.opts().threads));
+        parallel_for(batch * heads, attn.head_threads(batch * heads, q.tokens()), [&](index bh) {
+            const index b = bh / heads, h = bh % heads, nk = keys(b);
+            attn.run_head(q.slice(b, h), k.slice(b, h).topRows(nk), v.slice(b, h).topRows(nk), out.slice(b, h), h,
+                          at(first, b), at(first, b), nullptr, batch * heads, &ws);
+        }, attn.head_work(q.tokens(), k.tokens(), q.channels(), v.channels()));
+    }
+
+    /// Packed call: views of batch 1 hold B sequences back to back, sequence b in rows [cu[b], cu[b+1]),
+    /// starting at position first[b] (0 when `first` is empty); keys and values are packed the same way.
+    static void forward_packed(const Attention& attn, in_view q, in_view k, in_view v, out_view out,
+                               const std::vector<index>& cu, const std::vector<index>& first, workspace<S>& ws)
+    {
+        check_extents(q, k, v, out);
+        if (q.batch() != 1) fail("q view batch (packed sequences: batch 1, total tokens on the token axis)", 1, q.batch());
+        if (k.tokens() != q.tokens()) fail("k view tokens (packed: the same total as the queries)", q.tokens(), k.tokens());
+        if (cu.size() < 2) fail("cu_seqlens size (B + 1 offsets, B >= 1)", ">= 2", cu.size());
+        if (cu.front() != 0) fail("cu_seqlens[0]", 0, cu.front());
+        for (std::size_t b = 1; b < cu.size(); ++b)
+            if (cu[b] < cu[b - 1])
+                fail("cu_seqlens (non-decreasing offsets)", concat(">= ", cu[b - 1], " at index ", b), cu[b]);
+        if (cu.back() != q.tokens()) fail("cu_seqlens[B] (total tokens of the packed views)", q.tokens(), cu.back());
+        const index batch = index(cu.size()) - 1, heads = q.heads();
+        check_per_sequence("first_positions", first, batch, 0, -1);
+        index longest = 0;
+        for (index b = 0; b < batch; ++b) {
+            const index len = cu[b + 1] - cu[b];
+            longest = std::max(longest, len);
+            for (index h = 0; h < heads; ++h)
+                attn.validate_head(len, q.channels(), len, k.channels(), len, v.channels(), h, at(first, b), at(first, b));
+        }
+        const serial_eigen_scope serial_eigen; // linrpe's products stay serial: results independent of threads
+        ws.prepare(Attention::call_slots(attn.opts().threads));
+        parallel_for(batch * heads, attn.head_threads(batch * heads, longest), [&](index bh) {
+            const index b = bh / heads, h = bh % heads, r0 = cu[b], len = cu[b + 1] - cu[b];
+            attn.run_head(q.slice(0, h).middleRows(r0, len), k.slice(0, h).middleRows(r0, len),
+                          v.slice(0, h).middleRows(r0, len), out.slice(0, h).middleRows(r0, len), h, at(first, b),
+                          at(first, b), nullptr, batch * heads, &ws);
+        }, attn.head_work(longest, longest, q.channels(), v.channels()));
+    }
+
+    /// Views valid, and batch, heads and token counts consistent (k, v one key set; out like q with v's width).
+    static void check_extents(const in_view& q, const in_view& k, const in_view& v, const out_view& out)
+    {
+        q.validate("q view");
+        k.validate("k view");
+        v.validate("v view");
+        out.validate("out view");
+        const auto dims = [](index a, index b, index c, index d) { return concat("(", a, ", ", b, ", ", c, ", ", d, ")"); };
+        if (k.batch() != q.batch() || k.heads() != q.heads() || k.channels() != q.channels())
+            fail("k view extents", dims(q.batch(), q.heads(), k.tokens(), q.channels()), dims(k.batch(), k.heads(), k.tokens(), k.channels()));
+        if (v.batch() != q.batch() || v.heads() != q.heads() || v.tokens() != k.tokens())
+            fail("v view extents", dims(q.batch(), q.heads(), k.tokens(), v.channels()), dims(v.batch(), v.heads(), v.tokens(), v.channels()));
+        if (out.batch() != q.batch() || out.heads() != q.heads() || out.tokens() != q.tokens() || out.channels() != v.channels())
+            fail("out view extents", dims(q.batch(), q.heads(), q.tokens(), v.channels()),
+                 dims(out.batch(), out.heads(), out.tokens(), out.channels()));
+    }
+
+private:
+    // Empty, or one value per sequence in [lo, hi] (hi < 0: no upper bound).
+    static void check_per_sequence(const char* argument, const std::vector<index>& values, index batch, index lo, index hi)
+    {
+        if (values.empty()) return;
+        if (index(values.size()) != batch) fail(argument, concat(batch, " values (one per sequence)"), values.size());
+        for (std::size_t b = 0; b < values.size(); ++b)
+            if (values[b] < lo || (hi >= 0 && values[b] > hi))
+                fail(argument, hi >= 0 ? concat("values in [", lo, ", ", hi, "]") : concat("values >= ", lo),
+                     concat(values[b], " at index ", b));
+    }
+    static index at(const std::vector<index>& first, index b) { return first.empty() ? 0 : first[static_cast<std::size_t>(b)]; }
+};
+
+} // namespace detail
+} // namespace linrpe

@@ -1,0 +1,347 @@
+// attention_state: state passing (a sequence in k causal calls of random sizes equals one call, for every
+// encoding), export → import → continue, thread independence, and the refusals of bad states and buffers
+// (including random and mutated bytes fed to import).
+#include "support_state.hpp"
+
+#include <algorithm>
+#include <functional>
+#include <random>
+#include <vector>
+
+namespace {
+using namespace state_test;
+using linrpe::index;
+
+// FFT mixing adds log-depth rounding (see test_compose): 4·log2 L·√(N + Nk) more terms; others need none.
+index fft_terms(index n) { return index(4.0 * std::log2(double(4 * n)) * std::sqrt(double(2 * n))); }
+
+// Random piece sizes summing to n, with a 0 and a 1 among them.
+std::vector<index> random_pieces(index n, std::uint32_t seed)
+{
+    std::mt19937 gen(seed);
+    std::vector<index> sizes{0, 1};
+    index left = n - 1;
+    while (left > 0) {
+        const index s = std::min<index>(left, 1 + index(gen() % 17));
+        sizes.push_back(s);
+        left -= s;
+    }
+    std::shuffle(sizes.begin(), sizes.end(), gen);
+    return sizes;
+}
+
+// Runs `attn` over q, k, v in the given pieces from a fresh state; `between` sees the state after each piece.
+template <class Attention, class S>
+typename Attention::state_type run_pieces(const Attention& attn, const bhnd<S>& q, const bhnd<S>& k, const bhnd<S>& v, bhnd<S>& out,
+                                          const std::vector<index>& pieces,
+                                          const std::function<void(typename Attention::state_type&)>& between = {})
+{
+    auto state = attn.make_state(q.b, q.h);
+    index t = 0;
+    for (const index c : pieces) {
+        attn.forward(q.in(t, c), k.in(t, c), v.in(t, c), out.out(t, c), state);
+        t += c;
+        if (between) between(state);
+    }
+    return state;
+}
+
+// k-call split vs one call vs the exact reference of each (b, h); returns 1 when checked.
+template <class Attention>
+int check_split(const Attention& attn, std::uint32_t seed, index extra_terms = 0)
+{
+    using S = typename Attention::scalar_type;
+    const index b = 2, h = 2, n = 45, d = 6, e = 4;
+    const bhnd<S> q(b, h, n, d, seed), k(b, h, n, d, seed + 1), v(b, h, n, e, seed + 2);
+    bhnd<S> one(b, h, n, e, 0), split(b, h, n, e, 0);
+    attn.forward(q.in(), k.in(), v.in(), one.out(0, n));
+    const auto pieces = random_pieces(n, seed);
+    const auto state = run_pieces(attn, q, k, v, split, pieces);
+    for (index bi = 0; bi < b; ++bi)
+        for (index hi = 0; hi < h; ++hi) {
+            REQUIRE(state.position(bi, hi) == n);
+            const auto [ref, bound] = test::reference_and_bound(attn, q.slice(bi, hi), k.slice(bi, hi), v.slice(bi, hi), hi, 0, 0, extra_terms);
+            const double err_split = test::abs_error(split.slice(bi, hi), ref), err_one = test::abs_error(one.slice(bi, hi), ref);
+            CAPTURE(seed, pieces.size(), bi, hi, err_split, err_one, bound);
+            REQUIRE(err_split <= bound);
+            REQUIRE(err_one <= bound);
+        }
+    return 1;
+}
+
+template <class S>
+options<S> causal(normalization norm = normalization::sum)
+{
+    return make_options<S>(masking::causal, norm);
+}
+
+TEMPLATE_TEST_CASE("State passing: k calls of random sizes equal one call, every encoding", "[state][split]", float, double)
+{
+    using S = TestType;
+    const index h = 2, d = 6;
+    int checked = 0;
+    for (std::uint32_t seed = 1; seed <= 3; ++seed) {
+        checked += check_split(plain_attention<S>({}, {}, causal<S>()), seed);
+        for (const lrpe_kind kind : {lrpe_kind::rotate, lrpe_kind::cosine, lrpe_kind::permutation})
+            checked += check_split(linear_attention<feature_maps::elu_plus_one, positional::lrpe<S>, S>(
+                                       {}, positional::lrpe<S>(kind, d, h), causal<S>(normalization::rms)),
+                                   seed);
+        checked += check_split(linear_attention<feature_maps::elu_plus_one, positional::sine_spe<S>, S>(
+                                   {}, positional::sine_spe<S>(h, d, 3, 16, 7, true), causal<S>()),
+                               seed);
+        checked += check_split(linear_attention<feature_maps::elu_plus_one, positional::conv_spe<S>, S>(
+                                   {}, positional::conv_spe<S>(h, d, 5, 16, 8, true), causal<S>()),
+                               seed);
+        for (const toeplitz_algorithm algo : {toeplitz_algorithm::dense, toeplitz_algorithm::fft, toeplitz_algorithm::banded,
+                                              toeplitz_algorithm::automatic})
+            for (const index t_max : {index(3), index(60)}) { // clipped window (far state used) and whole history
+                options<S> opt = causal<S>();
+                opt.toeplitz = algo;
+                checked += check_split(toeplitz_attention<S>({}, random_bias<S>(h, t_max, seed + 10), opt), seed, fft_terms(45));
+            }
+        using pe_t = positional::compose<positional::conv_spe<S>, positional::toeplitz_rpe<S>>;
+        checked += check_split(linear_attention<feature_maps::elu_plus_one, pe_t, S>(
+                                   {}, pe_t(positional::conv_spe<S>(h, d, 4, 8, 2, true), random_bias<S>(h, 9, seed)), causal<S>()),
+                               seed, fft_terms(45));
+    }
+    REQUIRE(checked == 3 * (1 + 3 + 2 + 4 * 2 + 1));
+}
+
+TEMPLATE_TEST_CASE("State passing: export -> import -> continue equals the uninterrupted run bit for bit", "[state][export]",
+                   float, double)
+{
+    using S = TestType;
+    const index b = 2, h = 3, n = 40, d = 5, e = 3;
+    const bhnd<S> q(b, h, n, d, 21), k(b, h, n, d, 22), v(b, h, n, e, 23);
+    const auto pieces = random_pieces(n, 4);
+    const auto round_trip = [](const auto& attn) {
+        return [&attn](auto& state) {
+            const std::vector<unsigned char> bytes = state.export_bytes(attn);
+            auto restored = attn.make_state(1, 1);
+            restored.import_bytes(bytes, attn);
+            REQUIRE(restored.export_bytes(attn) == bytes);
+            state = restored;
+        };
+    };
+    const auto check = [&](const auto& attn) {
+        bhnd<S> direct(b, h, n, e, 0), restored(b, h, n, e, 0);
+        run_pieces(attn, q, k, v, direct, pieces);
+        run_pieces(attn, q, k, v, restored, pieces, round_trip(attn));
+        REQUIRE(test::bit_identical(direct.data, restored.data));
+    };
+    check(plain_attention<S>({}, {}, causal<S>()));
+    check(plain_attention<S>({}, {}, causal<S>(normalization::rms)));
+    for (const index t_max : {index(4), index(100)}) check(toeplitz_attention<S>({}, random_bias<S>(h, t_max, 3), causal<S>()));
+
+    // One sequence moved out and back (sequence / assign), and restart of one sequence only.
+    const plain_attention<S> attn({}, {}, causal<S>());
+    bhnd<S> out(b, h, n, e, 0);
+    auto state = run_pieces(attn, q, k, v, out, {n / 2});
+    const auto bytes = state.export_bytes(attn);
+    const auto second = state.sequence(1);
+    state.restart(1, 7);
+    CHECK(state.position(1, 2) == 7);
+    CHECK(state.empty(1, 0));
+    CHECK(state.position(0, 0) == n / 2);
+    state.assign(1, second);
+    CHECK(state.export_bytes(attn) == bytes);
+}
+
+TEST_CASE("State passing: results do not depend on the thread count", "[state][threads]")
+{
+    using S = double;
+    const index b = 1, h = 2, n = 70, d = 5, e = 3;
+    const bhnd<S> q(b, h, n, d, 31), k(b, h, n, d, 32), v(b, h, n, e, 33);
+    const auto pieces = random_pieces(n, 9);
+    const auto run = [&](auto attn) {
+        std::vector<row_matrix<S>> outs;
+        for (const int threads : {1, 2, 3}) {
+            auto opt = attn.opts();
+            opt.threads = threads;
+            opt.segment_rows = 8; // long pieces run their segments in parallel
+            attn.set_options(opt);
+            bhnd<S> out(b, h, n, e, 0);
+            const auto state = run_pieces(attn, q, k, v, out, pieces);
+            outs.push_back(out.data);
+        }
+        CHECK(test::bit_identical(outs[0], outs[1]));
+        CHECK(test::bit_identical(outs[0], outs[2]));
+    };
+    run(plain_attention<S>({}, {}, causal<S>()));
+    options<S> opt = causal<S>();
+    opt.toeplitz = toeplitz_algorithm::banded;
+    run(toeplitz_attention<S>({}, random_bias<S>(h, 6, 2), opt));
+}
+
+TEST_CASE("State passing: a state of the wrong shape is refused, nothing written", "[state][errors]")
+{
+    using S = double;
+    using Catch::Matchers::Contains;
+    const index b = 2, h = 2, n = 6, d = 4, e = 3;
+    const plain_attention<S> attn({}, {}, causal<S>());
+    const bhnd<S> q(b, h, n, d, 1), k(b, h, n, d, 2), v(b, h, n, e, 3);
+    bhnd<S> out(b, h, n, e, 4);
+    auto state = attn.make_state(b, h);
+    attn.forward(q.in(0, 2), k.in(0, 2), v.in(0, 2), out.out(0, 2), state);
+    const auto saved = state.export_bytes(attn);
+    const row_matrix<S> after_first = out.data;
+
+    auto wrong_batch = attn.make_state(b + 1, h);
+    REQUIRE_THROWS_WITH(attn.forward(q.in(), k.in(), v.in(), out.out(0, n), wrong_batch), Contains("state batch"));
+    auto wrong_heads = attn.make_state(b, h + 1);
+    REQUIRE_THROWS_WITH(attn.forward(q.in(), k.in(), v.in(), out.out(0, n), wrong_heads), Contains("state heads"));
+    // A state built for width D = 4 continued with D = 3 (other M') or E = 2.
+    const bhnd<S> q3(b, h, n, 3, 5), k3(b, h, n, 3, 6), v2(b, h, n, 2, 7);
+    bhnd<S> out2(b, h, n, 2, 8);
+    REQUIRE_THROWS_WITH(attn.forward(q3.in(), k3.in(), v.in(), out.out(0, n), state), Contains("state slot sizes"));
+    REQUIRE_THROWS_WITH(attn.forward(q.in(), k.in(), v2.in(), out2.out(0, n), state), Contains("state slot sizes"));
+    // A state of another normalization (no z) under sum.
+    const plain_attention<S> rms({}, {}, causal<S>(normalization::rms));
+    auto rms_state = rms.make_state(b, h);
+    rms.forward(q.in(0, 1), k.in(0, 1), v.in(0, 1), out.out(0, 1), rms_state);
+    out.data = after_first;
+    REQUIRE_THROWS_WITH(attn.forward(q.in(1, 1), k.in(1, 1), v.in(1, 1), out.out(1, 1), rms_state), Contains("state slot sizes"));
+    // Non-causal attention has no state to continue.
+    const plain_attention<S> full({}, {}, options<S>());
+    REQUIRE_THROWS_WITH(full.forward(q.in(), k.in(), v.in(), out.out(0, n), state), Contains("options.mask"));
+    CHECK(test::bit_identical(out.data, after_first));
+    CHECK(state.export_bytes(attn) == saved);
+    CHECK(state.position(0) == 2);
+}
+
+// Imports `bytes` into a state holding `saved`; requires a linrpe::error naming `what` and the state untouched.
+template <class Attention>
+void require_refused(const Attention& attn, const std::vector<unsigned char>& bytes, const char* what,
+                     typename Attention::state_type& state, const std::vector<unsigned char>& saved)
+{
+    CAPTURE(what, bytes.size());
+    REQUIRE_THROWS_WITH(state.import_bytes(bytes, attn), Catch::Matchers::Contains(what));
+    REQUIRE(state.export_bytes(attn) == saved);
+}
+
+TEST_CASE("State import: buffers of other configurations, truncated or corrupted, are refused", "[state][import][errors]")
+{
+    using S = double;
+    const index b = 2, h = 2, n = 9, d = 4, e = 3;
+    const bhnd<S> q(b, h, n, d, 1), k(b, h, n, d, 2), v(b, h, n, e, 3);
+    bhnd<S> out(b, h, n, e, 4);
+    const plain_attention<S> attn({}, {}, causal<S>());
+    const auto state_of = [&](const auto& a) { return run_pieces(a, q, k, v, out, {n}); };
+    auto state = state_of(attn);
+    const auto good = state.export_bytes(attn);
+    auto target = attn.make_state(1, 1);
+    target.import_bytes(good, attn);
+    const auto saved = target.export_bytes(attn);
+    REQUIRE(saved == good);
+
+    // Another scalar, encoding kind, normalization, or feature map.
+    {
+        const plain_attention<float> f({}, {}, causal<float>());
+        bhnd<float> outf(b, h, n, e, 4);
+        auto sf = f.make_state(b, h);
+        const bhnd<float> qf(b, h, n, d, 1), kf(b, h, n, d, 2), vf(b, h, n, e, 3);
+        f.forward(qf.in(), kf.in(), vf.in(), outf.out(0, n), sf);
+        require_refused(attn, sf.export_bytes(f), "scalar size", target, saved);
+    }
+    require_refused(attn, state_of(toeplitz_attention<S>({}, random_bias<S>(h, 4, 1), causal<S>())).export_bytes(
+                              toeplitz_attention<S>({}, random_bias<S>(h, 4, 1), causal<S>())),
+                    "kind", target, saved);
+    const plain_attention<S> rms({}, {}, causal<S>(normalization::rms));
+    require_refused(attn, state_of(rms).export_bytes(rms), "with_den", target, saved);
+    const linear_attention<feature_maps::relu, positional::none, S> relu({}, {}, causal<S>());
+    require_refused(attn, state_of(relu).export_bytes(relu), "configuration tag", target, saved);
+    // The same Toeplitz type with another T_max: the window does not fit.
+    {
+        const toeplitz_attention<S> t5({}, random_bias<S>(h, 5, 1), causal<S>()), t3({}, random_bias<S>(h, 3, 1), causal<S>());
+        auto t3_state = t3.make_state(1, 1);
+        const auto t3_saved = t3_state.export_bytes(t3);
+        require_refused(t3, state_of(t5).export_bytes(t5), "history", t3_state, t3_saved);
+    }
+    // Every truncation, one byte more, and every single flipped byte.
+    for (std::size_t len = 0; len < good.size(); ++len)
+        require_refused(attn, std::vector<unsigned char>(good.begin(), good.begin() + std::ptrdiff_t(len)), "state buffer", target, saved);
+    auto longer = good;
+    longer.push_back(0);
+    require_refused(attn, longer, "state buffer", target, saved);
+    for (std::size_t i = 0; i < good.size(); ++i) {
+        auto bad = good;
+        bad[i] ^= 0x20;
+        require_refused(attn, bad, "state buffer", target, saved);
+    }
+    // A well-formed buffer (checksum recomputed) with an inconsistent slot table.
+    const auto reseal = [](std::vector<unsigned char> bytes) {
+        const std::uint64_t sum = detail::state_checksum(bytes.data(), bytes.size());
+        std::memcpy(bytes.data() + detail::state_checksum_at, &sum, sizeof(sum));
+        return bytes;
+    };
+    const auto set_field = [&](std::size_t slot, int field, std::int64_t value) {
+        auto bytes = good;
+        std::memcpy(bytes.data() + detail::state_header_bytes + slot * detail::state_slot_bytes + std::size_t(field) * 8, &value, 8);
+        return reseal(bytes);
+    };
+    require_refused(attn, set_field(0, 0, -1), "positions", target, saved);     // negative position
+    require_refused(attn, set_field(1, 1, n + 1), "positions", target, saved);  // origin after position
+    require_refused(attn, set_field(2, 1, n), "positions", target, saved);      // non-empty slot, no token
+    require_refused(attn, set_field(3, 2, 5), "slot sizes", target, saved);     // M' differs between slots
+    require_refused(attn, set_field(0, 2, -3), "sizes", target, saved);         // negative M'
+    require_refused(attn, set_field(0, 4, 2), "history", target, saved);        // a window without weights
+    require_refused(attn, set_field(0, 3, 1 << 30), "sizes", target, saved);    // E beyond the limit
+    {
+        auto nan = good;
+        const S x = std::numeric_limits<S>::quiet_NaN();
+        std::memcpy(nan.data() + nan.size() - sizeof(S), &x, sizeof(S));
+        require_refused(attn, reseal(nan), "finite", target, saved);
+    }
+}
+
+TEST_CASE("State import fuzz: random and mutated bytes never crash", "[state][import][fuzz]")
+{
+    using S = double;
+    const index b = 2, h = 2, n = 9, d = 4, e = 3;
+    const bhnd<S> q(b, h, n, d, 1), k(b, h, n, d, 2), v(b, h, n, e, 3);
+    bhnd<S> out(b, h, n, e, 4);
+    const toeplitz_attention<S> attn({}, random_bias<S>(h, 4, 1), causal<S>());
+    const auto good = run_pieces(attn, q, k, v, out, {n}).export_bytes(attn);
+    std::mt19937 gen(2024);
+    const int trials = 2000;
+    int unsealed = 0, unsealed_refused = 0, resealed_imported = 0;
+    for (int trial = 0; trial < trials; ++trial) {
+        std::vector<unsigned char> bytes;
+        bool resealed = false;
+        if (trial % 3 == 0) { // random bytes of a random length
+            bytes.resize(gen() % (2 * good.size()));
+            for (auto& x : bytes) x = static_cast<unsigned char>(gen());
+        } else { // a valid buffer with a few bytes changed (resealed half of the time) or cut
+            bytes = good;
+            for (int i = 0, flips = 1 + int(gen() % 4); i < flips; ++i) bytes[gen() % bytes.size()] = static_cast<unsigned char>(gen());
+            if (gen() % 4 == 0) bytes.resize(gen() % bytes.size());
+            if (trial % 2 == 0 && bytes.size() >= detail::state_header_bytes) {
+                const std::uint64_t sum = detail::state_checksum(bytes.data(), bytes.size());
+                std::memcpy(bytes.data() + detail::state_checksum_at, &sum, sizeof(sum));
+                resealed = true;
+            }
+        }
+        // A changed byte may leave the buffer equal to `good` (same value written): then it imports.
+        const bool changed = bytes != good;
+        auto state = attn.make_state(1, 1);
+        bool refused = false;
+        try {
+            state.import_bytes(bytes, attn);
+            // Accepted: continuing it either works or is refused as a state of the wrong shape.
+            if (state.batch() == b && state.heads() == h) {
+                bhnd<S> o(b, h, 1, e, 0);
+                attn.forward(q.in(0, 1), k.in(0, 1), v.in(0, 1), o.out(0, 1), state);
+            }
+        } catch (const linrpe::error&) {
+            refused = true;
+        }
+        if (resealed) resealed_imported += refused ? 0 : 1;
+        else if (changed) unsealed += 1, unsealed_refused += refused ? 1 : 0;
+    }
+    // Without a matching checksum nothing is accepted; resealed data bytes decode to other finite numbers.
+    CAPTURE(unsealed, unsealed_refused, resealed_imported);
+    CHECK(unsealed_refused == unsealed);
+    CHECK(unsealed > trials / 2); // every random buffer and half of the mutated ones
+}
+
+} // namespace
