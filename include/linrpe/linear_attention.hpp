@@ -335,7 +335,7 @@ public:
                                   dk.slice(b, h), dv.slice(b, h), h, first_position, first_position, calls, *ws);
             },
             2.5 * head_work(q.tokens(), k.tokens(), q.channels(), v.channels())); // backward ≈ 2.5 forwards
-
+    }
 
     // ---- State passing, per-sequence positions, key lengths, packed variable lengths (docs/design.md §8) ----
 
