@@ -232,7 +232,7 @@ private:
                          detail::concat("sizes ", t.features, " with ", consumed, " tokens"));
         if (t.evicted != 0 && t.evicted != 1) detail::fail(at("evicted flag").c_str(), "0 or 1", t.evicted);
         if constexpr (toeplitz) {
-            const index t_max = attention.positional().template mixing_weights<scalar_type>(head, false).t_max;
+            const index t_max = attention.positional().template mixing_weights<scalar_type>(head, 0, 0).t_max;
             const std::int64_t kept = std::min<std::int64_t>(consumed, t_max);
             if (t.history != kept || (t.evicted == 1) != (consumed > t_max))
                 detail::fail(at("history").c_str(), detail::concat(kept, " tokens (T_max = ", t_max, "), evicted ", consumed > t_max),

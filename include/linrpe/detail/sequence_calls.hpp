@@ -151,6 +151,11 @@ struct sequence_calls {
         k.validate("k view");
         v.validate("v view");
         out.validate("out view");
+        out.validate_distinct("out view");
+        const footprint o = footprint_of(out);
+        require_disjoint("out view", o, "q view", footprint_of(q));
+        require_disjoint("out view", o, "k view", footprint_of(k));
+        require_disjoint("out view", o, "v view", footprint_of(v));
         const auto dims = [](index a, index b, index c, index d) { return concat("(", a, ", ", b, ", ", c, ", ", d, ")"); };
         if (k.batch() != q.batch() || k.heads() != q.heads() || k.channels() != q.channels())
             fail("k view extents", dims(q.batch(), q.heads(), k.tokens(), q.channels()), dims(k.batch(), k.heads(), k.tokens(), k.channels()));

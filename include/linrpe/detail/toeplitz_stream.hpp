@@ -65,6 +65,7 @@ public:
     /// Replaces the state by a history of keys (count, M'), values (count, Ex) and the far state (M', Ex).
     void assign(row_matrix<S> keys, row_matrix<S> values, row_matrix<S> far, bool evicted)
     {
+        m_initialized = far.size() > 0; // a started state (its widths are fixed); an empty one starts anew
         m_count = keys.rows();
         m_begin = 0;
         m_keys = std::move(keys);
