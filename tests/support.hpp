@@ -109,6 +109,7 @@ template <class A, class B>
 bool bit_identical(const A& a, const B& b)
 {
     if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
+    if (a.size() == 0) return true; // memcmp must not see the null data pointer of an empty matrix
     return std::memcmp(a.data(), b.data(), sizeof(typename A::Scalar) * static_cast<std::size_t>(a.size())) == 0;
 }
 

@@ -164,12 +164,12 @@ TEMPLATE_TEST_CASE("Serving: advancing or resetting one slot leaves the others b
     bhnd<S> plain(b, h, n, e, 0), disturbed(b, h, n, e, 0);
     auto dec = attn.decoder(b, h), other = attn.decoder(b, h);
     const bhnd<S> noise(b, h, n, d, 9);
-    bhnd<S> scratch(b, h, n, e, 0);
+    bhnd<S> scratch(b, h, n, e, 0), spare(b, h, n, e, 0); // extra values and their outputs: separate buffers (no aliasing)
     for (index t = 0; t < n; ++t) {
         dec.step(q.in(t, 1), k.in(t, 1), v.in(t, 1), plain.out(t, 1));
         // Slot 1 gets extra tokens, resets and a restart at a far position in between; 0 and 2 step as in `dec`.
         if (t % 3 == 1) other.step({1}, entry(noise.in(t, 1), 1), entry(noise.in(t, 1), 1), entry(scratch.in(t, 1), 1),
-                                   entry(scratch.out(t, 1), 1));
+                                   entry(spare.out(t, 1), 1));
         if (t == 5) other.reset(1);
         if (t == 8) other.restart(1, 1000);
         other.step(q.in(t, 1), k.in(t, 1), v.in(t, 1), disturbed.out(t, 1));
