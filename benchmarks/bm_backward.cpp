@@ -5,8 +5,9 @@
 // FLOPs counted per head (M = E = 64, Ex = E + 1 under `sum`): the GEMM-form backward does
 //     recomputed state S = Κᵀ V̄   2·N·M·Ex      dΨ = G Sᵀ   2·N·M·Ex      U = Ψᵀ G   2·N·M·Ex
 //     dΚ = V̄ Uᵀ                   2·N·M·Ex      dV = Κ U    2·N·M·E
-// ≈ 10·N·M·E useful flops (the forward: 4·N·M·E). The causal form adds N·C·(6·M + 4·E) in-chunk flops that
-// the count leaves out (as bm_core does for the forward), so its ratio is against the same useful work.
+// ≈ 10·N·M·E useful flops (the forward: 4·N·M·E). The causal form adds N·C·(6·M + 4·E) in-chunk flops and
+// 2·N·M·Ex for the block prefix states it recomputes (detail::causal_backward) that the count leaves out (as
+// bm_core does for the forward), so its ratio is against the same useful work.
 // The roofline pass times 4·N·M·E flops of GEMM; roofline_ratio scales it by 10/4.
 #include "bench_support.hpp"
 

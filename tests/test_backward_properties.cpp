@@ -100,7 +100,23 @@ TEMPLATE_TEST_CASE("causal backward: chunk sizes and segment splits agree with t
                 ++checked;
             }
         }
-    REQUIRE(checked == 54);
+    // Segments of two blocks (C = 32: blocks of 512 rows, segments of 1024): the suffix state crosses a block
+    // boundary inside a segment, and the later segment's share is added to dk, dv after the VJP; eps ≠ default.
+    for (const normalization norm : {normalization::sum, normalization::none, normalization::rms}) {
+        const linrpe::index n = 1100;
+        const row_matrix<S> q = test::uniform<S>(n, d, 15, 0.5), k = test::uniform<S>(n, d, 16, 0.5), v = test::uniform<S>(n, e, 17),
+                            dout = test::uniform<S>(n, e, 18);
+        options<S> opt;
+        opt.mask = masking::causal;
+        opt.norm = norm;
+        opt.segment_rows = 1024;
+        opt.eps = S(0.25);
+        const linear_attention<feature_maps::elu_plus_one, positional::none, S> attn({}, {}, opt);
+        CAPTURE(int(norm), n);
+        require_reference(attn, q, k, v, dout, run(attn, q, k, v, dout));
+        ++checked;
+    }
+    REQUIRE(checked == 57);
 }
 
 TEMPLATE_TEST_CASE("batched backward: both layouts equal the reference; thread counts 1, 2, 3 bit-identical",
