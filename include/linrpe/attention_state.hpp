@@ -54,6 +54,19 @@ public:
     index origin(index b, index h = 0) const { return slot(b, h).origin; }
     /// Whether slot (b, h) holds no token yet.
     bool empty(index b, index h = 0) const { return slot(b, h).stream.empty(); }
+    /// S = Σ_j κ_j v_jᵀ (M', E) of slot (b, h), empty while the slot is; for the gradient a backward from a
+    /// state returns, dS. Encodings without mixing weights only (a Toeplitz slot holds a window instead).
+    const row_matrix<scalar_type>& kv(index b, index h = 0) const
+    {
+        static_assert(!toeplitz, "attention_state::kv(): a Toeplitz state holds a window, not one S");
+        return slot(b, h).stream.s;
+    }
+    /// z = Σ_j κ_j (M') of slot (b, h) under `sum` (empty otherwise), or dz in a gradient; as kv().
+    const vector<scalar_type>& key_sum(index b, index h = 0) const
+    {
+        static_assert(!toeplitz, "attention_state::key_sum(): a Toeplitz state holds a window, not one z");
+        return slot(b, h).stream.z;
+    }
 
     /// Forgets sequence b (every head); its next token is at `position` (a prompt resumed mid-way).
     void restart(index b, index position = 0)

@@ -290,12 +290,19 @@ void add_suffix(causal_state<S>& u, const Psi& psi, const G& g, const GDen& g_de
 ///   5. (parallel) chunks in reverse: dΚ, dV (suffix form) → dk by encode_backward
 /// Segments as in causal_forward (`split`); the partition depends on the shape only, so results do not
 /// depend on the thread count. Flops ≈ 10·N·M'·E + N·C·(6·M' + 4·E) (forward: 4·N·M'·E + 2·N·C·(M' + E)).
+///
+/// A call that continued a state (docs/design.md §8) passes it as `initial` (S0, z0: keys before the rows,
+/// so the prefix states start there) and, when the state after the call feeds later calls, their gradient
+/// `final_grad` w.r.t. it (S_final = S0 + Κᵀ V̄, so the suffix states start there: dΚ += V̄ dS_finalᵀ, dV̄ +=
+/// Κ dS_final). `initial_grad` then receives dS0 = dS_final + Σ_i ψ_i g_iᵀ: the suffix state that segment 0's
+/// key pass ends with, so it costs nothing more. Null or empty states are zero.
 template <class S, class Encode, class EncodeBackward>
 void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<const row_matrix<S>>& k,
                      const Eigen::Ref<const row_matrix<S>>& v, const Eigen::Ref<const row_matrix<S>>& dout,
                      Eigen::Ref<row_matrix<S>> dq, Eigen::Ref<row_matrix<S>> dk, Eigen::Ref<row_matrix<S>> dv, index first,
                      bool split, const mixer_setup& setup, normalization norm, S eps, const Encode& encode,
-                     const EncodeBackward& encode_backward, workspace<S>& ws)
+                     const EncodeBackward& encode_backward, workspace<S>& ws, const causal_state<S>* initial = nullptr,
+                     const causal_state<S>* final_grad = nullptr, causal_state<S>* initial_grad = nullptr)
 {
     const index n = q.rows(), e = v.cols(), chunk = setup.chunk, m = setup.m;
     const bool with_den = setup.with_den;
@@ -322,7 +329,8 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
         }
     });
     causal_state<S> running;
-    running.reset(m, e, with_den);
+    if (initial && !initial->empty()) running = *initial;
+    else running.reset(m, e, with_den);
     for (index s = 0; s + 1 < segments; ++s) {
         start[s].s.swap(running.s);
         start[s].z.swap(running.z);
@@ -351,7 +359,8 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
         }
     });
     causal_state<S> suffix;
-    suffix.reset(m, e, with_den);
+    if (final_grad && !final_grad->empty()) suffix = *final_grad;
+    else suffix.reset(m, e, with_den);
     for (index s = segments - 1; s >= 0; --s) {
         start[s] = suffix; // now U_s: queries after segment s
         if (s > 0) suffix += after[s];
@@ -374,6 +383,7 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
                             first + r0);
         }
     });
+    if (initial_grad) *initial_grad = std::move(start[0]); // U_0 + segment 0's rows: dS_final + Σ_i ψ_i g_iᵀ
 }
 
 } // namespace detail

@@ -51,23 +51,9 @@ struct sequence_calls {
         } else if (items != state.batch()) {
             fail("state batch", items, state.batch());
         }
-        const index n = q.tokens(), d = q.channels(), e = v.channels(), m = attn.encoded_dim(d);
-        const bool with_den = attn.opts().norm == normalization::sum;
+        const index n = q.tokens(), d = q.channels(), e = v.channels();
         for (index a = 0; a < items; ++a)
-            for (index h = 0; h < q.heads(); ++h) {
-                const auto& s = state.slot(slot_of(a), h);
-                if (n > state_position_limit - s.position)
-                    fail("state position (after the call)", "<= 2^53", concat(s.position, " + ", n));
-                // As if the call spanned the slot's whole history: positivity is checked at every offset a
-                // query of this call sees (from the slot's origin on).
-                const index span = s.position - s.origin + n;
-                attn.validate_head(span, d, span, d, span, e, h, s.origin, s.origin);
-                if (!s.stream.empty() && (state_type::features_of(s) != m || state_type::values_of(s, with_den) != e ||
-                                          !state_type::fits_normalization(s, with_den)))
-                    fail("state slot sizes (M', E)", concat("(", m, ", ", e, ") for this call"),
-                         concat("(", state_type::features_of(s), ", ", state_type::values_of(s, with_den), ") at slot (",
-                                slot_of(a), ", ", h, ")"));
-            }
+            for (index h = 0; h < q.heads(); ++h) check_slot(attn, state, slot_of(a), h, n, d, e, "state");
         const index heads = q.heads(), calls = items * heads;
         const serial_eigen_scope serial_eigen; // linrpe's products stay serial: results independent of threads
         ws.prepare(Attention::call_slots(attn.opts().threads));
@@ -79,6 +65,42 @@ struct sequence_calls {
         }, attn.head_work(n, n, d, e));
         for (index a = 0; a < items; ++a)
             for (index h = 0; h < heads; ++h) state.slot(slot_of(a), h).position += n;
+    }
+
+    /// \brief Backward of forward_state over every slot (linear_attention::backward from a state; views
+    /// validated by the caller): item (b, h) starts at `initial`'s slot, `final_grad`'s slot (zero when null
+    /// or empty) seeds its suffix, and `initial_grad` receives dS0 per slot, assigned after every head ran.
+    static void backward_state(const Attention& attn, in_view q, in_view k, in_view v, in_view dout, out_view dq,
+                               out_view dk, out_view dv, const state_type& initial, state_type& initial_grad,
+                               const state_type* final_grad, workspace<S>* ws, typename Attention::parameter_gradients* pg)
+    {
+        if (attn.opts().mask != masking::causal)
+            fail("options.mask (state passing continues a causal attention)", "masking::causal", "masking::none");
+        const index batch = q.batch(), heads = q.heads(), n = q.tokens(), d = q.channels(), e = v.channels();
+        const auto check_extents_of = [&](const char* what, const state_type& st) {
+            if (st.batch() != batch || st.heads() != heads)
+                fail(what, concat("batch x heads = ", batch, " x ", heads), concat(st.batch(), " x ", st.heads()));
+        };
+        check_extents_of("initial state", initial);
+        if (final_grad) check_extents_of("final_grad state", *final_grad);
+        for (index b = 0; b < batch; ++b)
+            for (index h = 0; h < heads; ++h) {
+                check_slot(attn, initial, b, h, n, d, e, "initial state");
+                if (final_grad) check_slot(attn, *final_grad, b, h, 0, d, e, "final_grad state");
+            }
+        state_type grad(batch, heads);
+        for (index b = 0; b < batch; ++b)
+            for (index h = 0; h < heads; ++h) {
+                const auto& from = initial.slot(b, h);
+                grad.slot(b, h).position = from.position;
+                grad.slot(b, h).origin = from.origin;
+            }
+        attn.backward_items(q, k, v, dout, dq, dk, dv, ws, pg, [&](index b, index h) {
+            return typename Attention::backward_item{initial.slot(b, h).position, &initial.slot(b, h).stream,
+                                                     final_grad ? &final_grad->slot(b, h).stream : nullptr,
+                                                     &grad.slot(b, h).stream};
+        });
+        initial_grad = std::move(grad);
     }
 
     /// Batched call with per-sequence first positions (`first` size B, or empty for 0) and, for a
@@ -167,6 +189,28 @@ struct sequence_calls {
     }
 
 private:
+    // Slot (b, h) of `state` can continue (or, for a gradient state, match) a causal call of n tokens of
+    // width d with values of width e: positions stay below 2^53, the encoding accepts every offset from the
+    // slot's origin on, and a non-empty slot holds (M', E) matrices of this normalization.
+    static void check_slot(const Attention& attn, const state_type& state, index b, index h, index n, index d, index e,
+                           const char* what)
+    {
+        const auto& s = state.slot(b, h);
+        if (n > state_position_limit - s.position)
+            fail(concat(what, " position (after the call)").c_str(), "<= 2^53", concat(s.position, " + ", n));
+        // As if the call spanned the slot's whole history: positivity is checked at every offset a query of
+        // this call sees (from the slot's origin on).
+        const index span = s.position - s.origin + n;
+        attn.validate_head(span, d, span, d, span, e, h, s.origin, s.origin);
+        const index m = attn.encoded_dim(d);
+        const bool with_den = attn.opts().norm == normalization::sum;
+        if (!s.stream.empty() && (state_type::features_of(s) != m || state_type::values_of(s, with_den) != e ||
+                                  !state_type::fits_normalization(s, with_den)))
+            fail(concat(what, " slot sizes (M', E)").c_str(), concat("(", m, ", ", e, ") for this call"),
+                 concat("(", state_type::features_of(s), ", ", state_type::values_of(s, with_den), ") at slot (", b, ", ",
+                        h, ")"));
+    }
+
     // Empty, or one value per sequence in [lo, hi] (hi < 0: no upper bound).
     static void check_per_sequence(const char* argument, const std::vector<index>& values, index batch, index lo, index hi)
     {
