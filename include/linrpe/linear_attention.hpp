@@ -401,6 +401,17 @@ public:
         typename detail::workspace_pool<Scalar>::lease lease(m_pool);
         detail::sequence_calls<linear_attention>::forward_packed(*this, q, k, v, out, cu_seqlens, first_positions, lease.get());
     }
+    /// \brief Packed variable lengths continuing `state` (causal): sequence b of the packed views (rows
+    /// [cu_seqlens[b], cu_seqlens[b+1])) continues slot b of `state` (batch B) from its position, and the slot
+    /// is left after its tokens. Equals one forward(…, state) per sequence; throws (state and out untouched)
+    /// as both.
+    void forward_packed(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
+                        tensor_view<Scalar> out, const std::vector<index>& cu_seqlens, state_type& state) const
+    {
+        typename detail::workspace_pool<Scalar>::lease lease(m_pool);
+        detail::sequence_calls<linear_attention>::forward_packed_state(*this, q, k, v, out, cu_seqlens, state, nullptr,
+                                                                       lease.get());
+    }
 
 private:
     friend class linrpe::decoder<linear_attention>;
