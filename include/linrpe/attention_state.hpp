@@ -19,6 +19,10 @@ namespace detail {
 template <class Attention>
 struct sequence_calls;
 } // namespace detail
+namespace distributed {
+template <class Attention>
+class context_parallel;
+} // namespace distributed
 
 /// \brief State of a causal attention for `batch` sequences of `heads` heads (one slot per (b, h)).
 ///
@@ -153,6 +157,7 @@ public:
 private:
     friend Attention;
     friend struct detail::sequence_calls<Attention>;
+    friend class distributed::context_parallel<Attention>; // builds the states of the ranks before it
     using stream_type = typename Attention::stream_state;
     static constexpr bool toeplitz = Attention::positional_encoding_type::has_mixing;
 
