@@ -114,25 +114,34 @@ std::vector<row_matrix<typename Attention::scalar_type>> serve(const Attention& 
     return result;
 }
 
+// Returns the number of sequences whose batched outputs equal their solo run bit for bit and were written
+// (the output buffers start as the same random data in both runs: equal untouched buffers must not count).
 template <class Attention>
-void check_serving(const Attention& attn)
+index check_serving(const Attention& attn)
 {
     const auto alone = serve(attn, 1, 9, true, 5);
     const auto batched = serve(attn, 4, 9, false, 5);
     REQUIRE(alone.size() == batched.size());
+    index equal = 0;
     for (std::size_t i = 0; i < alone.size(); ++i) {
+        const row_matrix<typename Attention::scalar_type> untouched =
+            test::uniform<typename Attention::scalar_type>(alone[i].rows(), alone[i].cols(), 0);
         CAPTURE(i);
-        REQUIRE(test::bit_identical(batched[i], alone[i]));
+        if (test::bit_identical(batched[i], alone[i]) && !test::bit_identical(batched[i], untouched)) ++equal;
     }
+    return equal;
 }
 
 TEMPLATE_TEST_CASE("Serving: continuous batching equals independent single-sequence runs bit for bit", "[serving]", float, double)
 {
     using S = TestType;
-    check_serving(plain_attention<S>({}, {}, make_options<S>(masking::causal)));
-    check_serving(lrpe_attention<S>({}, positional::lrpe<S>(lrpe_kind::rotate, 6, 2), make_options<S>(masking::causal, normalization::rms)));
-    for (const index t_max : {index(3), index(40)})
-        check_serving(toeplitz_attention<S>({}, random_bias<S>(2, t_max, 8), make_options<S>(masking::causal)));
+    REQUIRE(check_serving(plain_attention<S>({}, {}, make_options<S>(masking::causal))) == 9);
+    REQUIRE(check_serving(lrpe_attention<S>({}, positional::lrpe<S>(lrpe_kind::rotate, 6, 2),
+                                            make_options<S>(masking::causal, normalization::rms))) == 9);
+    for (const index t_max : {index(3), index(40)}) {
+        CAPTURE(t_max);
+        REQUIRE(check_serving(toeplitz_attention<S>({}, random_bias<S>(2, t_max, 8), make_options<S>(masking::causal))) == 9);
+    }
 }
 
 TEST_CASE("Serving: the single-sequence runs equal the exact reference", "[serving]")
@@ -181,6 +190,55 @@ TEMPLATE_TEST_CASE("Serving: advancing or resetting one slot leaves the others b
     CHECK(other.position(1) == 1000 + (n - 8) + 1); // steps 8..11 after the restart, plus the extra token at t = 10
     REQUIRE_THROWS_WITH(other.position(), Catch::Matchers::Contains("position(slot)"));
 }
+TEMPLATE_TEST_CASE("Serving: step over an active mask and packed prefill equal their per-slot forms bit for bit", "[serving]",
+                   float, double)
+{
+    using S = TestType;
+    const index b = 4, h = 2, d = 6, e = 3, steps = 6;
+    const auto check = [&](const auto& attn) {
+        // Prompts of slots 2, 0, 3 (lengths 5, 0, 3) packed in one call; slot 1 stays empty at first.
+        const std::vector<index> slots{2, 0, 3}, lengths{5, 0, 3}, cu{0, 5, 5, 8};
+        const bhnd<S> pq(1, h, 8, d, 1), pk(1, h, 8, d, 2), pv(1, h, 8, e, 3);
+        bhnd<S> po(1, h, 8, e, 0), alone_po(1, h, 8, e, 0);
+        auto packed = attn.decoder(b, h), listed = attn.decoder(b, h);
+        packed.prefill_packed(slots, pq.in(), pk.in(), pv.in(), po.out(), cu);
+        for (std::size_t i = 0; i < slots.size(); ++i)
+            listed.prefill(slots[i], pq.in(cu[i], lengths[i]), pk.in(cu[i], lengths[i]), pv.in(cu[i], lengths[i]),
+                           alone_po.out(cu[i], lengths[i]));
+        REQUIRE(test::bit_identical(po.data, alone_po.data));
+        REQUIRE(packed.state().export_bytes(attn) == listed.state().export_bytes(attn));
+        // Steps over a changing active set: full-batch views with a mask vs the gathered slot list.
+        const bhnd<S> q(b, h, steps, d, 4), k(b, h, steps, d, 5), v(b, h, steps, e, 6);
+        bhnd<S> masked(b, h, steps, e, 7);
+        const row_matrix<S> untouched = masked.data;
+        index inactive_checked = 0;
+        for (index t = 0; t < steps; ++t) {
+            std::vector<bool> active(static_cast<std::size_t>(b));
+            std::vector<index> on;
+            for (index s = 0; s < b; ++s)
+                if ((s + t) % 3 != 0) active[static_cast<std::size_t>(s)] = true, on.push_back(s);
+            packed.step_active(active, q.in(t, 1), k.in(t, 1), v.in(t, 1), masked.out(t, 1));
+            for (const index s : on) {
+                bhnd<S> one(1, h, 1, e, 0);
+                listed.step({s}, entry(q.in(t, 1), s), entry(k.in(t, 1), s), entry(v.in(t, 1), s), one.out());
+                for (index hi = 0; hi < h; ++hi)
+                    REQUIRE(test::bit_identical(row_matrix<S>(masked.in(t, 1).slice(s, hi)), row_matrix<S>(one.in().slice(0, hi))));
+            }
+            for (index s = 0; s < b; ++s)
+                if (!active[static_cast<std::size_t>(s)]) {
+                    for (index hi = 0; hi < h; ++hi)
+                        REQUIRE(test::bit_identical(row_matrix<S>(masked.in(t, 1).slice(s, hi)),
+                                                    row_matrix<S>(view_bhnd(untouched.data(), b, h, steps, e).slice(s, hi).middleRows(t, 1))));
+                    ++inactive_checked;
+                }
+        }
+        REQUIRE(inactive_checked == 8); // (s + t) % 3 == 0 for 8 of the 24 (slot, step) pairs
+        REQUIRE(packed.state().export_bytes(attn) == listed.state().export_bytes(attn));
+    };
+    check(plain_attention<S>({}, {}, make_options<S>(masking::causal)));
+    check(toeplitz_attention<S>({}, random_bias<S>(2, 4, 8), make_options<S>(masking::causal)));
+}
+
 TEMPLATE_TEST_CASE("Serving: export a slot, import it elsewhere, continue as if uninterrupted", "[serving][export]", float, double)
 {
     using S = TestType;
@@ -254,6 +312,15 @@ TEST_CASE("Serving: bad slots, subsets and slot buffers are refused, nothing cha
     bad[bad.size() / 2] ^= 1;
     REQUIRE_THROWS_WITH(dec.import_slot(1, bad), Contains("checksum"));
     REQUIRE_THROWS_WITH(dec.set_state(attn.make_state(b + 1, h)), Contains("decoder state"));
+    REQUIRE_THROWS_WITH(dec.step_active({true, false}, q.in(0, 1), q.in(0, 1), v.in(0, 1), out.out(0, 1)), Contains("active"));
+    REQUIRE_THROWS_WITH(dec.step_active({true, false, true}, q.in(0, 2), q.in(0, 2), v.in(0, 2), out.out(0, 2)), Contains("tokens"));
+    const bhnd<S> pq(1, h, 4, d, 10), pv(1, h, 4, e, 11);
+    bhnd<S> po(1, h, 4, e, 12);
+    const row_matrix<S> po_before = po.data;
+    REQUIRE_THROWS_WITH(dec.prefill_packed({0, 2}, pq.in(), pq.in(), pv.in(), po.out(), {0, 3, 5}), Contains("cu_seqlens[B]"));
+    REQUIRE_THROWS_WITH(dec.prefill_packed({1, 1}, pq.in(), pq.in(), pv.in(), po.out(), {0, 3, 4}), Contains("slots entry"));
+    REQUIRE_THROWS_WITH(dec.prefill_packed({1}, pq.in(), pq.in(), pv.in(), po.out(), {0, 3, 4}), Contains("slots (one per sequence"));
+    CHECK(test::bit_identical(po.data, po_before));
     CHECK(dec.state().export_bytes(attn) == saved);
     CHECK(test::bit_identical(out.data, before));
     CHECK(test::bit_identical(o2.data, o2_before));

@@ -1,6 +1,7 @@
 // attention_state: state passing (a sequence in k causal calls of random sizes equals one call, for every
-// encoding), export → import → continue, thread independence, and the refusals of bad states and buffers
-// (including random and mutated bytes fed to import).
+// encoding; the backward through such a chain equals one call's), export → import → continue, thread
+// independence, and the refusals of bad states and buffers (including random and mutated bytes fed to import).
+#include "support_backward.hpp"
 #include "support_state.hpp"
 
 #include <algorithm>
@@ -342,6 +343,244 @@ TEST_CASE("State import fuzz: random and mutated bytes never crash", "[state][im
     CAPTURE(unsealed, unsealed_refused, resealed_imported);
     CHECK(unsealed_refused == unsealed);
     CHECK(unsealed > trials / 2); // every random buffer and half of the mutated ones
+}
+
+// ---- backward from a state -----------------------------------------------------------------------------
+
+// The backward of a sequence run in `pieces` causal calls from an empty state: the forwards (keeping the
+// state each call started from), then the backwards in reverse order, each passing the gradient w.r.t. its
+// initial state on as the final_grad of the call before (the same object: initial_grad may alias it).
+// Returns the gradient w.r.t. the empty initial state.
+template <class Attention, class S>
+typename Attention::state_type backward_pieces(const Attention& attn, const bhnd<S>& q, const bhnd<S>& k, const bhnd<S>& v,
+                                               const bhnd<S>& dout, bhnd<S>& dq, bhnd<S>& dk, bhnd<S>& dv,
+                                               const std::vector<index>& pieces)
+{
+    std::vector<typename Attention::state_type> initial;
+    auto state = attn.make_state(q.b, q.h);
+    bhnd<S> out(q.b, q.h, q.n, v.w, 0);
+    index t = 0;
+    for (const index c : pieces) {
+        initial.push_back(state);
+        attn.forward(q.in(t, c), k.in(t, c), v.in(t, c), out.out(t, c), state);
+        t += c;
+    }
+    auto grad = attn.make_state(q.b, q.h);
+    for (std::size_t p = pieces.size(); p-- > 0;) {
+        const index c = pieces[p];
+        t -= c;
+        attn.backward(q.in(t, c), k.in(t, c), v.in(t, c), dout.in(t, c), dq.out(t, c), dk.out(t, c), dv.out(t, c), initial[p],
+                      grad, p + 1 < pieces.size() ? &grad : nullptr);
+    }
+    return grad;
+}
+
+TEMPLATE_TEST_CASE("State backward: k calls of random sizes in reverse equal one call's backward", "[state][backward]", float,
+                   double)
+{
+    using S = TestType;
+    const index b = 2, h = 2, n = 45, d = 6, e = 4;
+    int checked = 0;
+    for (const normalization norm : {normalization::sum, normalization::none, normalization::rms})
+        for (std::uint32_t seed = 1; seed <= 2; ++seed) {
+            const plain_attention<S> attn({}, {}, causal<S>(norm));
+            const bhnd<S> q(b, h, n, d, seed), k(b, h, n, d, seed + 1), v(b, h, n, e, seed + 2), dout(b, h, n, e, seed + 3);
+            bhnd<S> dq1(b, h, n, d, 0), dk1(b, h, n, d, 0), dv1(b, h, n, e, 0), dq(b, h, n, d, 0), dk(b, h, n, d, 0), dv(b, h, n, e, 0);
+            auto grad_one = attn.make_state(b, h);
+            attn.backward(q.in(), k.in(), v.in(), dout.in(), dq1.out(), dk1.out(), dv1.out(), attn.make_state(b, h), grad_one);
+            const auto pieces = random_pieces(n, seed);
+            const auto grad_split = backward_pieces(attn, q, k, v, dout, dq, dk, dv, pieces);
+            for (index bi = 0; bi < b; ++bi)
+                for (index hi = 0; hi < h; ++hi) {
+                    // The bound of the one-call reference holds for the chain: its products are the same sums
+                    // over at most M' + N + C + 4 terms, grouped at the pieces' ends instead of the chunks'.
+                    const auto ref = test::reference_backward(attn, q.slice(bi, hi), k.slice(bi, hi), v.slice(bi, hi),
+                                                              dout.slice(bi, hi));
+                    const double eq = test::abs_error(dq.slice(bi, hi), ref.exact.dq), ek = test::abs_error(dk.slice(bi, hi), ref.exact.dk),
+                                 ev = test::abs_error(dv.slice(bi, hi), ref.exact.dv),
+                                 eq1 = test::abs_error(dq1.slice(bi, hi), ref.exact.dq),
+                                 ek1 = test::abs_error(dk1.slice(bi, hi), ref.exact.dk),
+                                 ev1 = test::abs_error(dv1.slice(bi, hi), ref.exact.dv);
+                    CAPTURE(int(norm), seed, pieces.size(), bi, hi, eq, eq1, ref.bound_dq, ek, ek1, ref.bound_dk, ev, ev1, ref.bound_dv);
+                    REQUIRE(eq <= ref.bound_dq);
+                    REQUIRE(ek <= ref.bound_dk);
+                    REQUIRE(ev <= ref.bound_dv);
+                    REQUIRE(eq1 <= ref.bound_dq);
+                    REQUIRE(ek1 <= ref.bound_dk);
+                    REQUIRE(ev1 <= ref.bound_dv);
+                    // dS0 = Σ_i ψ_i [g_i, g_den,i]ᵀ from an empty state, for the whole sequence either way: the
+                    // chain's sum is grouped by pieces. Both hold every row's term (the gradient of an earlier
+                    // call is checked above through dk, dv of its rows, which take V̄ dS_finalᵀ and Κ dS_final).
+                    REQUIRE(grad_one.kv(bi, hi).rows() == attn.encoded_dim(d));
+                    REQUIRE(grad_split.kv(bi, hi).cols() == e);
+                    REQUIRE(grad_split.key_sum(bi, hi).size() == (norm == normalization::sum ? attn.encoded_dim(d) : 0));
+                    REQUIRE(grad_split.position(bi, hi) == 0);
+                }
+            ++checked;
+        }
+    REQUIRE(checked == 6);
+}
+
+// A copy of the one-slot state `s0` with S += h·us and z += h·uz, through its bytes (no setter is public).
+template <class Attention>
+typename Attention::state_type shifted(const Attention& attn, const typename Attention::state_type& s0,
+                                       const row_matrix<double>& us, const vector<double>& uz, double h)
+{
+    std::vector<unsigned char> bytes = s0.export_bytes(attn);
+    std::size_t at = detail::state_header_bytes + detail::state_slot_bytes; // one slot: S row by row, then z
+    const auto add = [&](double delta) {
+        double x;
+        std::memcpy(&x, bytes.data() + at, sizeof x);
+        x += delta;
+        std::memcpy(bytes.data() + at, &x, sizeof x);
+        at += sizeof x;
+    };
+    for (index i = 0; i < us.rows(); ++i)
+        for (index j = 0; j < us.cols(); ++j) add(h * us(i, j));
+    for (index i = 0; i < uz.size(); ++i) add(h * uz[i]);
+    REQUIRE(at == bytes.size());
+    const std::uint64_t sum = detail::state_checksum(bytes.data(), bytes.size());
+    std::memcpy(bytes.data() + detail::state_checksum_at, &sum, sizeof(sum));
+    auto out = attn.make_state(1, 1);
+    out.import_bytes(bytes, attn);
+    return out;
+}
+
+TEST_CASE("State backward: the gradient w.r.t. the initial state equals central finite differences", "[state][backward][fd]")
+{
+    using S = double;
+    const index n = 7, d = 3, e = 2;
+    int checked = 0;
+    for (const normalization norm : {normalization::sum, normalization::none, normalization::rms}) {
+        const plain_attention<S> attn({}, {}, causal<S>(norm));
+        const index m = attn.encoded_dim(d);
+        const bool with_den = norm == normalization::sum;
+        // S0 from a prefix of 5 tokens; the weights of the final state in the loss from another sequence.
+        const auto state_after = [&](index len, std::uint32_t seed) {
+            const bhnd<S> qp(1, 1, len, d, seed), kp(1, 1, len, d, seed + 1), vp(1, 1, len, e, seed + 2);
+            bhnd<S> op(1, 1, len, e, 0);
+            auto st = attn.make_state(1, 1);
+            attn.forward(qp.in(), kp.in(), vp.in(), op.out(), st);
+            return st;
+        };
+        const auto s0 = state_after(5, 40), weights = state_after(4, 50);
+        const bhnd<S> q(1, 1, n, d, 1), k(1, 1, n, d, 2), v(1, 1, n, e, 3), dout(1, 1, n, e, 4);
+        bhnd<S> dq(1, 1, n, d, 0), dk(1, 1, n, d, 0), dv(1, 1, n, e, 0);
+        auto grad = attn.make_state(1, 1);
+        attn.backward(q.in(), k.in(), v.in(), dout.in(), dq.out(), dk.out(), dv.out(), s0, grad, &weights);
+        // L(S0) = ⟨dout, out⟩ + ⟨W_S, S_final⟩ + ⟨w_z, z_final⟩, along a random direction (us, uz).
+        const row_matrix<double> us = test::uniform<double>(m, e, 60);
+        const vector<double> uz = with_den ? vector<double>(test::uniform<double>(m, 1, 61)) : vector<double>();
+        double loss_abs = 0;
+        const auto loss = [&](double hstep) {
+            auto st = shifted(attn, s0, us, uz, hstep);
+            bhnd<S> out(1, 1, n, e, 0);
+            attn.forward(q.in(), k.in(), v.in(), out.out(), st);
+            double l = test::dot(dout.data, out.data) + test::dot(weights.kv(0), st.kv(0));
+            loss_abs = (dout.data.cwiseAbs().array() * out.data.cwiseAbs().array()).sum() +
+                       (weights.kv(0).cwiseAbs().array() * st.kv(0).cwiseAbs().array()).sum();
+            if (with_den) {
+                l += weights.key_sum(0).dot(st.key_sum(0));
+                loss_abs += weights.key_sum(0).cwiseAbs().dot(st.key_sum(0).cwiseAbs());
+            }
+            return l;
+        };
+        const double analytic = test::dot(grad.kv(0), us) + (with_den ? grad.key_sum(0).dot(uz) : 0.0);
+        loss(0.0);
+        // Rounding of L: each out_i and S_final entry is a sum of at most M' + N + C + 4 terms (γ relative to
+        // the sum of absolute terms), doubled for the normalization, plus the N·E + M'·(E + 1) terms of the
+        // dot products themselves.
+        const double terms = double(m + n + 8 + 4 + n * e + m * (e + 1));
+        const double f_round = 4.0 * terms * test::unit_roundoff<double>() * loss_abs;
+        const double norm_grad = std::sqrt(grad.kv(0).squaredNorm() + (with_den ? grad.key_sum(0).squaredNorm() : 0.0));
+        const double norm_u = std::sqrt(us.squaredNorm() + uz.squaredNorm());
+        const double norm_s0 = std::sqrt(s0.kv(0).squaredNorm() + s0.key_sum(0).squaredNorm());
+        CAPTURE(int(norm), analytic);
+        test::require_fd(test::central_difference(loss, analytic, f_round, norm_grad * norm_u, norm_u / norm_s0));
+        ++checked;
+    }
+    REQUIRE(checked == 3);
+}
+
+TEST_CASE("State backward: results do not depend on the thread count", "[state][backward][threads]")
+{
+    using S = double;
+    const index b = 1, h = 2, n = 70, d = 5, e = 3;
+    const bhnd<S> q(b, h, n, d, 31), k(b, h, n, d, 32), v(b, h, n, e, 33), dout(b, h, n, e, 34);
+    const auto pieces = random_pieces(n, 9);
+    std::vector<row_matrix<S>> grads;
+    for (const int threads : {1, 2, 3}) {
+        auto opt = causal<S>();
+        opt.threads = threads;
+        opt.segment_rows = 8; // long pieces run their segments in parallel
+        const plain_attention<S> attn({}, {}, opt);
+        bhnd<S> dq(b, h, n, d, 0), dk(b, h, n, d, 0), dv(b, h, n, e, 0);
+        const auto g = backward_pieces(attn, q, k, v, dout, dq, dk, dv, pieces);
+        row_matrix<S> all(3 * b * h * n + 2 * h, std::max(d, e) * std::max<index>(attn.encoded_dim(d), 1));
+        all.setZero();
+        all.topLeftCorner(b * h * n, d) = dq.data;
+        all.block(b * h * n, 0, b * h * n, d) = dk.data;
+        all.block(2 * b * h * n, 0, b * h * n, e) = dv.data;
+        for (index hi = 0; hi < h; ++hi) {
+            const row_matrix<S>& kv = g.kv(0, hi);
+            all.row(3 * b * h * n + 2 * hi).head(kv.size()) = Eigen::Map<const vector<S>>(kv.data(), kv.size()).transpose();
+            all.row(3 * b * h * n + 2 * hi + 1).head(g.key_sum(0, hi).size()) = g.key_sum(0, hi).transpose();
+        }
+        grads.push_back(all);
+    }
+    CHECK(test::bit_identical(grads[0], grads[1]));
+    CHECK(test::bit_identical(grads[0], grads[2]));
+}
+
+TEST_CASE("State backward: states of the wrong shape are refused, nothing written", "[state][backward][errors]")
+{
+    using S = double;
+    using Catch::Matchers::Contains;
+    const index b = 2, h = 2, n = 6, d = 4, e = 3;
+    const plain_attention<S> attn({}, {}, causal<S>());
+    const bhnd<S> q(b, h, n, d, 1), k(b, h, n, d, 2), v(b, h, n, e, 3), dout(b, h, n, e, 4);
+    bhnd<S> dq(b, h, n, d, 5), dk(b, h, n, d, 6), dv(b, h, n, e, 7), out(b, h, n, e, 8);
+    auto state = attn.make_state(b, h);
+    attn.forward(q.in(0, 2), k.in(0, 2), v.in(0, 2), out.out(0, 2), state);
+    auto grad = attn.make_state(b, h);
+    attn.backward(q.in(2, 4), k.in(2, 4), v.in(2, 4), dout.in(2, 4), dq.out(2, 4), dk.out(2, 4), dv.out(2, 4), state, grad);
+    const auto grad_saved = grad.export_bytes(attn);
+    const row_matrix<S> dq0 = dq.data, dk0 = dk.data, dv0 = dv.data;
+    const auto backward = [&](const auto& initial, const auto* final_grad) {
+        attn.backward(q.in(), k.in(), v.in(), dout.in(), dq.out(), dk.out(), dv.out(), initial, grad, final_grad);
+    };
+    const decltype(state)* none = nullptr;
+    REQUIRE_THROWS_WITH(backward(attn.make_state(b + 1, h), none), Contains("initial state"));
+    REQUIRE_THROWS_WITH(backward(attn.make_state(b, h + 1), none), Contains("initial state"));
+    const auto wrong_heads = attn.make_state(b, h + 1);
+    REQUIRE_THROWS_WITH(backward(state, &wrong_heads), Contains("final_grad state"));
+    // A state of width D = 3 (other M') or E = 2 continued at D = 4, E = 3; as initial or final_grad.
+    const auto narrow = [&](index dd, index ee) {
+        const bhnd<S> q3(b, h, 1, dd, 9), k3(b, h, 1, dd, 10), v2(b, h, 1, ee, 11);
+        bhnd<S> o(b, h, 1, ee, 0);
+        auto st = attn.make_state(b, h);
+        attn.forward(q3.in(), k3.in(), v2.in(), o.out(), st);
+        return st;
+    };
+    const auto other_d = narrow(3, e), other_e = narrow(d, 2);
+    REQUIRE_THROWS_WITH(backward(other_d, none), Contains("initial state slot sizes"));
+    REQUIRE_THROWS_WITH(backward(other_e, none), Contains("initial state slot sizes"));
+    REQUIRE_THROWS_WITH(backward(state, &other_e), Contains("final_grad state slot sizes"));
+    // A state of another normalization (no z) under sum.
+    const plain_attention<S> rms({}, {}, causal<S>(normalization::rms));
+    auto rms_state = rms.make_state(b, h);
+    rms.forward(q.in(0, 1), k.in(0, 1), v.in(0, 1), out.out(0, 1), rms_state);
+    REQUIRE_THROWS_WITH(backward(rms_state, none), Contains("initial state slot sizes"));
+    // Non-causal attention has no state; a bad view is refused before the states are looked at.
+    const plain_attention<S> full({}, {}, options<S>());
+    REQUIRE_THROWS_WITH(full.backward(q.in(), k.in(), v.in(), dout.in(), dq.out(), dk.out(), dv.out(), state, grad),
+                        Contains("options.mask"));
+    REQUIRE_THROWS_WITH(attn.backward(q.in(), k.in(), v.in(), dout.in(0, 2), dq.out(), dk.out(), dv.out(), state, grad),
+                        Contains("dout view"));
+    CHECK(test::bit_identical(dq.data, dq0));
+    CHECK(test::bit_identical(dk.data, dk0));
+    CHECK(test::bit_identical(dv.data, dv0));
+    CHECK(grad.export_bytes(attn) == grad_saved);
 }
 
 } // namespace

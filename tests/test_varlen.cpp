@@ -14,8 +14,11 @@ struct packed {
     index h, t, w;
     row_matrix<S> data;
     packed(index h_, index t_, index w_, std::uint32_t seed) : h(h_), t(t_), w(w_), data(test::uniform<S>(t * h, w, seed)) {}
-    tensor_view<const S> in() const { return tensor_view<const S>(data.data(), 1, h, t, w, 0, w, h * w); }
-    tensor_view<S> out() { return tensor_view<S>(data.data(), 1, h, t, w, 0, w, h * w); }
+    tensor_view<const S> in() const { return in(0, t); }
+    tensor_view<S> out() { return out(0, t); }
+    // Token rows [r0, r0 + count) as a (1, H, count, W) view.
+    tensor_view<const S> in(index r0, index count) const { return tensor_view<const S>(data.data() + r0 * h * w, 1, h, count, w, 0, w, h * w); }
+    tensor_view<S> out(index r0, index count) { return tensor_view<S>(data.data() + r0 * h * w, 1, h, count, w, 0, w, h * w); }
     row_matrix<S> rows(index head, index r0, index count) const { return in().slice(0, head).middleRows(r0, count); }
 };
 
@@ -90,6 +93,64 @@ TEMPLATE_TEST_CASE("Packed variable lengths: long sequences split into segments 
         opt.toeplitz = toeplitz_algorithm::banded;
         REQUIRE(check_packed(toeplitz_attention<S>({}, random_bias<S>(2, 5, 4), opt), lengths, {7, 0, 1, 2, 3}, false) == 1);
     }
+}
+
+// Offsets of sequences of the given lengths packed back to back.
+std::vector<index> offsets(const std::vector<index>& lengths)
+{
+    std::vector<index> cu{0};
+    for (const index len : lengths) cu.push_back(cu.back() + len);
+    return cu;
+}
+
+TEMPLATE_TEST_CASE("Packed variable lengths continuing a state equal one state-passing call per sequence", "[varlen][packed][state]",
+                   float, double)
+{
+    using S = TestType;
+    const index h = 2, d = 6, e = 3;
+    // Two packed calls (a prompt, then more tokens) for 4 sequences: slots at different positions.
+    const std::vector<index> first_len{3, 0, 7, 2}, second_len{5, 4, 1, 0};
+    const auto cu1 = offsets(first_len), cu2 = offsets(second_len);
+    const index batch = index(first_len.size());
+    const packed<S> q1(h, cu1.back(), d, 1), k1(h, cu1.back(), d, 2), v1(h, cu1.back(), e, 3);
+    const packed<S> q2(h, cu2.back(), d, 4), k2(h, cu2.back(), d, 5), v2(h, cu2.back(), e, 6);
+    int checked = 0;
+    const auto check = [&](const auto& attn) {
+        packed<S> o1(h, cu1.back(), e, 0), o2(h, cu2.back(), e, 0);
+        auto state = attn.make_state(batch, h);
+        attn.forward_packed(q1.in(), k1.in(), v1.in(), o1.out(), cu1, state);
+        attn.forward_packed(q2.in(), k2.in(), v2.in(), o2.out(), cu2, state);
+        for (index b = 0; b < batch; ++b) {
+            auto alone = attn.make_state(1, h);
+            packed<S> a1(h, first_len[b], e, 0), a2(h, second_len[b], e, 0);
+            attn.forward(q1.in(cu1[b], first_len[b]), k1.in(cu1[b], first_len[b]), v1.in(cu1[b], first_len[b]), a1.out(), alone);
+            attn.forward(q2.in(cu2[b], second_len[b]), k2.in(cu2[b], second_len[b]), v2.in(cu2[b], second_len[b]), a2.out(), alone);
+            CAPTURE(b);
+            REQUIRE(state.position(b) == first_len[b] + second_len[b]);
+            REQUIRE(test::bit_identical(row_matrix<S>(o1.data.middleRows(cu1[b] * h, first_len[b] * h)), a1.data));
+            REQUIRE(test::bit_identical(row_matrix<S>(o2.data.middleRows(cu2[b] * h, second_len[b] * h)), a2.data));
+            REQUIRE(state.sequence(b).export_bytes(attn) == alone.export_bytes(attn));
+        }
+        ++checked;
+    };
+    check(plain_attention<S>({}, {}, make_options<S>(masking::causal)));
+    check(lrpe_attention<S>({}, positional::lrpe<S>(lrpe_kind::rotate, 6, 2), make_options<S>(masking::causal, normalization::rms)));
+    check(toeplitz_attention<S>({}, random_bias<S>(2, 4, 9), make_options<S>(masking::causal)));
+    REQUIRE(checked == 3);
+
+    // Refused before writing: a state of another batch, a non-causal attention.
+    using Catch::Matchers::Contains;
+    const plain_attention<S> attn({}, {}, make_options<S>(masking::causal));
+    packed<S> o1(h, cu1.back(), e, 7);
+    const row_matrix<S> before = o1.data;
+    auto wrong = attn.make_state(batch + 1, h);
+    REQUIRE_THROWS_WITH(attn.forward_packed(q1.in(), k1.in(), v1.in(), o1.out(), cu1, wrong), Contains("state batch"));
+    const plain_attention<S> full({}, {}, make_options<S>(masking::none));
+    auto state = full.make_state(batch, h);
+    REQUIRE_THROWS_WITH(full.forward_packed(q1.in(), k1.in(), v1.in(), o1.out(), cu1, state), Contains("options.mask"));
+    REQUIRE_THROWS_WITH(attn.forward_packed(q1.in(), k1.in(), v1.in(), o1.out(), {0, 3, 2, 12}, state), Contains("cu_seqlens"));
+    CHECK(test::bit_identical(o1.data, before));
+    CHECK(state.position(0) == 0);
 }
 
 TEMPLATE_TEST_CASE("Per-sequence first positions equal single-sequence calls at those positions", "[varlen][positions]", float, double)

@@ -19,6 +19,10 @@ namespace detail {
 template <class Attention>
 struct sequence_calls;
 } // namespace detail
+namespace distributed {
+template <class Attention>
+class context_parallel;
+} // namespace distributed
 
 /// \brief State of a causal attention for `batch` sequences of `heads` heads (one slot per (b, h)).
 ///
@@ -54,6 +58,19 @@ public:
     index origin(index b, index h = 0) const { return slot(b, h).origin; }
     /// Whether slot (b, h) holds no token yet.
     bool empty(index b, index h = 0) const { return slot(b, h).stream.empty(); }
+    /// S = Σ_j κ_j v_jᵀ (M', E) of slot (b, h), empty while the slot is; for the gradient a backward from a
+    /// state returns, dS. Encodings without mixing weights only (a Toeplitz slot holds a window instead).
+    const row_matrix<scalar_type>& kv(index b, index h = 0) const
+    {
+        static_assert(!toeplitz, "attention_state::kv(): a Toeplitz state holds a window, not one S");
+        return slot(b, h).stream.s;
+    }
+    /// z = Σ_j κ_j (M') of slot (b, h) under `sum` (empty otherwise), or dz in a gradient; as kv().
+    const vector<scalar_type>& key_sum(index b, index h = 0) const
+    {
+        static_assert(!toeplitz, "attention_state::key_sum(): a Toeplitz state holds a window, not one z");
+        return slot(b, h).stream.z;
+    }
 
     /// Forgets sequence b (every head); its next token is at `position` (a prompt resumed mid-way).
     void restart(index b, index position = 0)
@@ -140,6 +157,7 @@ public:
 private:
     friend Attention;
     friend struct detail::sequence_calls<Attention>;
+    friend class distributed::context_parallel<Attention>; // builds the states of the ranks before it
     using stream_type = typename Attention::stream_state;
     static constexpr bool toeplitz = Attention::positional_encoding_type::has_mixing;
 

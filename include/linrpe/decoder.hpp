@@ -120,6 +120,27 @@ public:
         if (q.tokens() != 1) detail::fail("q view tokens (decoder step)", 1, q.tokens());
         prefill(slots, q, k, v, out);
     }
+    /// \brief One token of the slots flagged in `active` (one flag per slot): views of the decoder's batch
+    /// (B, H, 1, ·), as a server keeps them; entries of inactive slots are neither read nor written and
+    /// their slots are untouched. Equals step(slots, …) over the active slots, bit for bit.
+    void step_active(const std::vector<bool>& active, in_view q, in_view k, in_view v, out_view out)
+    {
+        if (q.tokens() != 1) detail::fail("q view tokens (decoder step)", 1, q.tokens());
+        validate(q, k, v, out, m_batch);
+        detail::sequence_calls<Attention>::forward_active(m_attn, q, k, v, out, m_state, active, m_ws);
+        fix_widths(q, v);
+    }
+    /// \brief Prompts of several slots in one packed call: q, k (1, H, T, D), v (1, H, T, E), out (1, H, T, E)
+    /// hold the sequences back to back, sequence b in token rows [cu_seqlens[b], cu_seqlens[b+1]) continuing
+    /// slot slots[b] (distinct slots; others untouched). No padding is computed; equals one prefill(slot, …)
+    /// per sequence.
+    void prefill_packed(const std::vector<index>& slots, in_view q, in_view k, in_view v, out_view out,
+                        const std::vector<index>& cu_seqlens)
+    {
+        validate(q, k, v, out, 1);
+        detail::sequence_calls<Attention>::forward_packed_state(m_attn, q, k, v, out, cu_seqlens, m_state, &slots, m_ws);
+        fix_widths(q, v);
+    }
     /// n tokens of one slot (views of batch 1), e.g. a new prompt while the other slots are mid-generation.
     void prefill(index slot, in_view q, in_view k, in_view v, out_view out) { prefill(std::vector<index>{slot}, q, k, v, out); }
 
@@ -170,6 +191,11 @@ private:
     void run(in_view q, in_view k, in_view v, out_view out, const std::vector<index>* slots)
     {
         detail::sequence_calls<Attention>::forward_state(m_attn, q, k, v, out, m_state, slots, m_ws);
+        fix_widths(q, v);
+    }
+    // The widths of the first call hold for the decoder's life (until reset()).
+    void fix_widths(const in_view& q, const in_view& v)
+    {
         m_width = q.channels();
         m_values = v.channels();
     }

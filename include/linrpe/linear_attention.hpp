@@ -323,49 +323,11 @@ public:
                   tensor_view<const Scalar> dout, tensor_view<Scalar> dq, tensor_view<Scalar> dk, tensor_view<Scalar> dv,
                   index first_position = 0, workspace<Scalar>* ws = nullptr, parameter_gradients* pg = nullptr) const
     {
-        dout.validate("dout view");
-        if (dout.batch() != q.batch() || dout.heads() != q.heads() || dout.tokens() != q.tokens() || dout.channels() != v.channels())
-            detail::fail("dout view extents", detail::concat("(", q.batch(), ", ", q.heads(), ", ", q.tokens(), ", ", v.channels(), ")"),
-                         detail::concat("(", dout.batch(), ", ", dout.heads(), ", ", dout.tokens(), ", ", dout.channels(), ")"));
-        // validate_batch reads the extents of its `out` argument only: dout (checked above) stands in for it.
-        const tensor_view<Scalar> dout_extents(const_cast<Scalar*>(dout.data()), dout.batch(), dout.heads(), dout.tokens(),
-                                               dout.channels(), dout.stride(0), dout.stride(1), dout.stride(2),
-                                               dout.stride(3));
-        validate_batch(q, k, v, dout_extents, first_position);
-        const auto check = [](const char* name, const tensor_view<Scalar>& x, const tensor_view<const Scalar>& like,
-                              index channels) {
-            x.validate(name);
-            if (x.batch() != like.batch() || x.heads() != like.heads() || x.tokens() != like.tokens() || x.channels() != channels)
-                detail::fail(name, detail::concat("extents (", like.batch(), ", ", like.heads(), ", ", like.tokens(), ", ", channels, ")"),
-                             detail::concat("(", x.batch(), ", ", x.heads(), ", ", x.tokens(), ", ", x.channels(), ")"));
-        };
-        check("dq view", dq, q, q.channels());
-        check("dk view", dk, k, k.channels());
-        check("dv view", dv, v, v.channels());
+        validate_backward_views(q, k, v, dout, dq, dk, dv, first_position);
         validate_gradients(pg);
-        const detail::serial_eigen_scope serial_eigen;
-        std::optional<typename detail::workspace_pool<Scalar>::lease> lease;
-        if (!ws) ws = &lease.emplace(m_pool).get();
-        ws->prepare(call_slots(m_opt.threads));
-        const index heads = q.heads(), calls = q.batch() * heads, p = pg ? gradient_size() : 0;
-        std::vector<double> flat(static_cast<std::size_t>(calls * p), 0.0); // (B·H, P): one slice per call
-        detail::parallel_for(
-            calls, head_threads(calls, q.tokens()),
-            [&](index bh) {
-                const index b = bh / heads, h = bh % heads;
-                run_head_backward(q.slice(b, h), k.slice(b, h), v.slice(b, h), dout.slice(b, h), dq.slice(b, h),
-                                  dk.slice(b, h), dv.slice(b, h), h, first_position, first_position, calls, *ws,
-                                  p > 0 ? flat.data() + bh * p : nullptr);
-            },
-            2.5 * head_work(q.tokens(), k.tokens(), q.channels(), v.channels())); // backward ≈ 2.5 forwards
-        if (p == 0) return;
-        std::vector<double> sum(static_cast<std::size_t>(p));
-        for (index h = 0; h < heads; ++h) {
-            std::fill(sum.begin(), sum.end(), 0.0);
-            for (index b = 0; b < q.batch(); ++b) // batch order, whatever the schedule was
-                for (index i = 0; i < p; ++i) sum[static_cast<std::size_t>(i)] += flat[static_cast<std::size_t>((b * heads + h) * p + i)];
-            add_gradients(h, sum.data(), *pg);
-        }
+        backward_items(q, k, v, dout, dq, dk, dv, ws, pg, [first_position](index, index) {
+            return backward_item{first_position, nullptr, nullptr, nullptr};
+        });
     }
 
     // ---- State passing, per-sequence positions, key lengths, packed variable lengths (docs/design.md §8) ----
@@ -384,6 +346,32 @@ public:
     {
         typename detail::workspace_pool<Scalar>::lease lease(m_pool);
         detail::sequence_calls<linear_attention>::forward_state(*this, q, k, v, out, state, nullptr, lease.get());
+    }
+    /// \brief Backward of forward(q, k, v, out, state) (docs/design.md §16): `initial` is the state the call
+    /// started from (a copy kept before the call) and `final_grad`, when given, the gradient w.r.t. the state
+    /// the call left (from the backward of the calls that continued it; null: the final state was not used).
+    /// Writes dq, dk, dv as backward() and sets `initial_grad` (batch × heads like `initial`, positions copied
+    /// from it) to the gradient w.r.t. the initial state: dS0 = dS_final + Σ_i ψ_i [g_i, g_den,i]ᵀ per slot.
+    /// So a sequence run in k calls is differentiated by k calls in reverse order, each passing its
+    /// `initial_grad` as the `final_grad` of the call before, and equals one call's backward to rounding.
+    /// S0 enters as keys before the call: the prefix states start at S0, the suffix states at dS_final; the
+    /// cost is backward()'s. `initial_grad` may be the same object as `final_grad`. Throws (outputs and
+    /// `initial_grad` untouched) on a state of another batch, heads or (M', E), or a non-causal attention.
+    /// Not available yet for sequence-mixing (Toeplitz) encodings: a compile-time error, as backward().
+    void backward(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
+                  tensor_view<const Scalar> dout, tensor_view<Scalar> dq, tensor_view<Scalar> dk, tensor_view<Scalar> dv,
+                  const state_type& initial, state_type& initial_grad, const state_type* final_grad = nullptr,
+                  workspace<Scalar>* ws = nullptr, parameter_gradients* pg = nullptr) const
+    {
+        static_assert(!PositionalEncoding::has_mixing,
+                      "backward() from a state is not available for sequence-mixing (Toeplitz) encodings in this "
+                      "version of linrpe: their gradients (mixing_weights_backward) come in the next version.");
+        if constexpr (!PositionalEncoding::has_mixing) {
+            validate_backward_views(q, k, v, dout, dq, dk, dv, 0);
+            validate_gradients(pg);
+            detail::sequence_calls<linear_attention>::backward_state(*this, q, k, v, dout, dq, dk, dv, initial,
+                                                                     initial_grad, final_grad, ws, pg);
+        }
     }
     /// Batched with per-sequence first positions (size B; queries and keys of sequence b start at first[b]).
     void forward_positions(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
@@ -412,6 +400,17 @@ public:
     {
         typename detail::workspace_pool<Scalar>::lease lease(m_pool);
         detail::sequence_calls<linear_attention>::forward_packed(*this, q, k, v, out, cu_seqlens, first_positions, lease.get());
+    }
+    /// \brief Packed variable lengths continuing `state` (causal): sequence b of the packed views (rows
+    /// [cu_seqlens[b], cu_seqlens[b+1])) continues slot b of `state` (batch B) from its position, and the slot
+    /// is left after its tokens. Equals one forward(…, state) per sequence; throws (state and out untouched)
+    /// as both.
+    void forward_packed(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
+                        tensor_view<Scalar> out, const std::vector<index>& cu_seqlens, state_type& state) const
+    {
+        typename detail::workspace_pool<Scalar>::lease lease(m_pool);
+        detail::sequence_calls<linear_attention>::forward_packed_state(*this, q, k, v, out, cu_seqlens, state, nullptr,
+                                                                       lease.get());
     }
 
 private:
@@ -727,11 +726,82 @@ private:
         return [this](ref o, const vector<Scalar>* den) { normalize(o, den); };
     }
 
+    // The views of a batched backward: every extent, and positions from first_position (state passing
+    // checks each slot's own positions after this).
+    void validate_backward_views(const tensor_view<const Scalar>& q, const tensor_view<const Scalar>& k,
+                                 const tensor_view<const Scalar>& v, const tensor_view<const Scalar>& dout,
+                                 const tensor_view<Scalar>& dq, const tensor_view<Scalar>& dk, const tensor_view<Scalar>& dv,
+                                 index first_position) const
+    {
+        dout.validate("dout view");
+        if (dout.batch() != q.batch() || dout.heads() != q.heads() || dout.tokens() != q.tokens() || dout.channels() != v.channels())
+            detail::fail("dout view extents", detail::concat("(", q.batch(), ", ", q.heads(), ", ", q.tokens(), ", ", v.channels(), ")"),
+                         detail::concat("(", dout.batch(), ", ", dout.heads(), ", ", dout.tokens(), ", ", dout.channels(), ")"));
+        // validate_batch reads the extents of its `out` argument only: dout (checked above) stands in for it.
+        const tensor_view<Scalar> dout_extents(const_cast<Scalar*>(dout.data()), dout.batch(), dout.heads(), dout.tokens(),
+                                               dout.channels(), dout.stride(0), dout.stride(1), dout.stride(2),
+                                               dout.stride(3));
+        validate_batch(q, k, v, dout_extents, first_position);
+        const auto check = [](const char* name, const tensor_view<Scalar>& x, const tensor_view<const Scalar>& like,
+                              index channels) {
+            x.validate(name);
+            if (x.batch() != like.batch() || x.heads() != like.heads() || x.tokens() != like.tokens() || x.channels() != channels)
+                detail::fail(name, detail::concat("extents (", like.batch(), ", ", like.heads(), ", ", like.tokens(), ", ", channels, ")"),
+                             detail::concat("(", x.batch(), ", ", x.heads(), ", ", x.tokens(), ", ", x.channels(), ")"));
+        };
+        check("dq view", dq, q, q.channels());
+        check("dk view", dk, k, k.channels());
+        check("dv view", dv, v, v.channels());
+    }
+
+    // One (b, h) of a batched backward: its first position and, for state passing, its states (else null).
+    struct backward_item {
+        index first;
+        const causal_stream* initial;
+        const causal_stream* final_grad;
+        causal_stream* initial_grad;
+    };
+
+    // The loop of the batched backwards over validated views: item(b, h) gives each head call's
+    // backward_item. Threads and segments as the batched forward; parameter gradients summed per head in
+    // batch order, whatever the schedule.
+    template <class Item>
+    void backward_items(const tensor_view<const Scalar>& q, const tensor_view<const Scalar>& k,
+                        const tensor_view<const Scalar>& v, const tensor_view<const Scalar>& dout, const tensor_view<Scalar>& dq,
+                        const tensor_view<Scalar>& dk, const tensor_view<Scalar>& dv, workspace<Scalar>* ws,
+                        parameter_gradients* pg, const Item& item) const
+    {
+        const detail::serial_eigen_scope serial_eigen;
+        std::optional<typename detail::workspace_pool<Scalar>::lease> lease;
+        if (!ws) ws = &lease.emplace(m_pool).get();
+        ws->prepare(call_slots(m_opt.threads));
+        const index heads = q.heads(), calls = q.batch() * heads, p = pg ? gradient_size() : 0;
+        std::vector<double> flat(static_cast<std::size_t>(calls * p), 0.0); // (B·H, P): one slice per call
+        detail::parallel_for(
+            calls, head_threads(calls, q.tokens()),
+            [&](index bh) {
+                const index b = bh / heads, h = bh % heads;
+                const backward_item it = item(b, h);
+                run_head_backward(q.slice(b, h), k.slice(b, h), v.slice(b, h), dout.slice(b, h), dq.slice(b, h),
+                                  dk.slice(b, h), dv.slice(b, h), h, it.first, it.first, calls, *ws,
+                                  p > 0 ? flat.data() + bh * p : nullptr, &it);
+            },
+            2.5 * head_work(q.tokens(), k.tokens(), q.channels(), v.channels())); // backward ≈ 2.5 forwards
+        if (p == 0) return;
+        std::vector<double> sum(static_cast<std::size_t>(p));
+        for (index h = 0; h < heads; ++h) {
+            std::fill(sum.begin(), sum.end(), 0.0);
+            for (index b = 0; b < q.batch(); ++b) // batch order, whatever the schedule was
+                for (index i = 0; i < p; ++i) sum[static_cast<std::size_t>(i)] += flat[static_cast<std::size_t>((b * heads + h) * p + i)];
+            add_gradients(h, sum.data(), *pg);
+        }
+    }
+
     // Arenas a call needs: one per thread of the largest team it can open, and the caller's own slot.
     // Validated inputs → dq, dk, dv (docs/design.md §16); `call_heads` selects the causal threading as in run_head.
     void run_head_backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq,
                            ref dk, ref dv, index head, index q_first, index k_first, index call_heads,
-                           workspace<Scalar>& ws, double* grad) const
+                           workspace<Scalar>& ws, double* grad, const backward_item* states = nullptr) const
     {
         static_assert(detail::has_apply_backward_v<FeatureMap, Scalar>,
                       "backward() needs the FeatureMap's VJP hook `template <class S> void apply_backward(const "
@@ -750,6 +820,10 @@ private:
         if (q.rows() == 0) {
             dk.setZero();
             dv.setZero();
+            if (states && states->initial_grad) { // no token: S_final = S0
+                if (states->final_grad && !states->final_grad->empty()) *states->initial_grad = *states->final_grad;
+                else states->initial_grad->reset(encoded_dim(q.cols()), v.cols(), m_opt.norm == normalization::sum);
+            }
             return;
         }
         // Parameter gradients: one buffer per block of rows, summed in block order after the mixer.
@@ -761,7 +835,9 @@ private:
         };
         if (m_opt.mask == masking::causal)
             detail::causal_backward<Scalar>(q, k, v, dout, dq, dk, dv, q_first, splits_sequence(call_heads, q.rows()),
-                                            setup(q.cols()), m_opt.norm, m_opt.eps, encoder(head), back, ws);
+                                            setup(q.cols()), m_opt.norm, m_opt.eps, encoder(head), back, ws,
+                                            states ? states->initial : nullptr, states ? states->final_grad : nullptr,
+                                            states ? states->initial_grad : nullptr);
         else
             detail::noncausal_backward<Scalar>(q, k, v, dout, dq, dk, dv, q_first, k_first, setup(q.cols()), m_opt.norm,
                                                m_opt.eps, encoder(head), back, ws);

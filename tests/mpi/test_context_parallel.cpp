@@ -1,9 +1,10 @@
 // Context parallelism over MPI (run by ctest under mpirun with 1, 2 and 3 ranks): every rank holds a
-// contiguous shard of one sequence; the result must equal the exact single-process reference within the
-// derived bound, be bit-identical between two runs, and bad shards must raise linrpe::error on every rank.
+// contiguous shard of one sequence; the result (forward, and the causal backward) must equal the exact
+// single-process reference within the derived bound, be bit-identical between two runs, and bad shards must
+// raise linrpe::error on every rank.
 // CHECK, not REQUIRE, before collectives: a rank that stopped early would leave the others waiting.
 #define CATCH_CONFIG_RUNNER
-#include "support.hpp"
+#include "support_backward.hpp"
 
 #include <linrpe/distributed/context_parallel.hpp>
 
@@ -43,22 +44,35 @@ std::vector<index> shard_lengths(index n, int p, int pattern)
     return len;
 }
 
+// This rank's shard of a sequence of n tokens: its first token and length, and its views of (1, H, N, W)
+// buffers of the whole sequence.
+template <class S>
+struct sharding {
+    index n, heads, start = 0, mine = 0;
+    sharding(index n_, index heads_, int pattern) : n(n_), heads(heads_)
+    {
+        const auto len = shard_lengths(n, world_size(), pattern);
+        for (int r = 0; r < world_rank(); ++r) start += len[r];
+        mine = len[world_rank()];
+    }
+    tensor_view<const S> view(const row_matrix<S>& x) const
+    {
+        return tensor_view<const S>(x.data() + start * x.cols(), 1, heads, mine, x.cols(), heads * n * x.cols(), n * x.cols(), x.cols());
+    }
+};
+
 // Runs `attn` context-parallel over the world and checks this rank's shard against the reference of the
 // whole sequence; returns the number of shard rows compared (every rank of every head).
 template <class S, class Attention>
 index check_sharded(const Attention& attn, index n, index d, index e, index heads, index p0, int pattern)
 {
     const int rank = world_rank(), size = world_size();
-    const auto len = shard_lengths(n, size, pattern);
-    index start = 0;
-    for (int r = 0; r < rank; ++r) start += len[r];
-    const linrpe::index mine = len[rank];
+    const sharding<S> sh(n, heads, pattern);
+    const index start = sh.start, mine = sh.mine;
     // (1, H, N, D) buffers of the whole sequence (every rank makes the same ones), and this rank's views.
     const row_matrix<S> q = test::uniform<S>(heads * n, d, 1, 0.5), k = test::uniform<S>(heads * n, d, 2, 0.5),
                         v = test::uniform<S>(heads * n, e, 3);
-    const auto shard = [&](const row_matrix<S>& x) {
-        return tensor_view<const S>(x.data() + start * x.cols(), 1, heads, mine, x.cols(), heads * n * x.cols(), n * x.cols(), x.cols());
-    };
+    const auto shard = [&](const row_matrix<S>& x) { return sh.view(x); };
     row_matrix<S> out = row_matrix<S>::Constant(heads * std::max<index>(mine, 1), e, S(7)), again = out;
     distributed::context_parallel<Attention> cp(attn, MPI_COMM_WORLD);
     cp.forward(shard(q), shard(k), shard(v), view_bhnd(out.data(), 1, heads, mine, e), p0 + start);
@@ -76,6 +90,49 @@ index check_sharded(const Attention& attn, index n, index d, index e, index head
         compared += mine;
     }
     // Every row of every head was compared on some rank.
+    index total = compared;
+    MPI_Allreduce(MPI_IN_PLACE, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    return total;
+}
+
+// The causal backward context-parallel over the world vs the exact reference gradients of the whole sequence
+// (support_backward.hpp) for this rank's rows; returns the rows compared over all ranks and heads.
+template <class S, class Attention>
+index check_sharded_backward(const Attention& attn, index n, index d, index e, index heads, index p0, int pattern)
+{
+    const int rank = world_rank(), size = world_size();
+    const sharding<S> sh(n, heads, pattern);
+    const index start = sh.start, mine = sh.mine;
+    const row_matrix<S> q = test::uniform<S>(heads * n, d, 1, 0.5), k = test::uniform<S>(heads * n, d, 2, 0.5),
+                        v = test::uniform<S>(heads * n, e, 3), dout = test::uniform<S>(heads * n, e, 4);
+    const auto shard = [&](const row_matrix<S>& x) { return sh.view(x); };
+    const index rows = heads * std::max<index>(mine, 1);
+    row_matrix<S> dq(rows, d), dk(rows, d), dv(rows, e);
+    row_matrix<S> dq2 = dq, dk2 = dk, dv2 = dv;
+    distributed::context_parallel<Attention> cp(attn, MPI_COMM_WORLD);
+    cp.backward(shard(q), shard(k), shard(v), shard(dout), view_bhnd(dq.data(), 1, heads, mine, d), view_bhnd(dk.data(), 1, heads, mine, d),
+                view_bhnd(dv.data(), 1, heads, mine, e), p0 + start);
+    cp.backward(shard(q), shard(k), shard(v), shard(dout), view_bhnd(dq2.data(), 1, heads, mine, d),
+                view_bhnd(dk2.data(), 1, heads, mine, d), view_bhnd(dv2.data(), 1, heads, mine, e), p0 + start);
+    CHECK(test::bit_identical(dq, dq2));
+    CHECK(test::bit_identical(dk, dk2));
+    CHECK(test::bit_identical(dv, dv2));
+    index compared = 0;
+    for (index h = 0; h < heads; ++h) {
+        const row_matrix<S> qh = q.middleRows(h * n, n), kh = k.middleRows(h * n, n), vh = v.middleRows(h * n, n),
+                            dh = dout.middleRows(h * n, n);
+        // As the forward: the rank-ordered sums of the states (prefix S_in, suffix dS_out) regroup the inner
+        // sums of the single-process backward and add at most `size` terms to each.
+        const auto ref = test::reference_backward(attn, qh, kh, vh, dh, size);
+        const double eq = test::abs_error(row_matrix<S>(dq.middleRows(h * mine, mine)), ref.exact.dq.middleRows(start, mine)),
+                     ek = test::abs_error(row_matrix<S>(dk.middleRows(h * mine, mine)), ref.exact.dk.middleRows(start, mine)),
+                     ev = test::abs_error(row_matrix<S>(dv.middleRows(h * mine, mine)), ref.exact.dv.middleRows(start, mine));
+        CAPTURE(rank, size, pattern, h, eq, ref.bound_dq, ek, ref.bound_dk, ev, ref.bound_dv);
+        CHECK(eq <= ref.bound_dq);
+        CHECK(ek <= ref.bound_dk);
+        CHECK(ev <= ref.bound_dv);
+        compared += mine;
+    }
     index total = compared;
     MPI_Allreduce(MPI_IN_PLACE, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
     return total;
@@ -113,6 +170,54 @@ TEMPLATE_TEST_CASE("context parallel = the single-process reference (none, LRPE,
                 {}, positional::sine_spe<S>(heads, d, 3, 16, 5, true), opts<S>(mask, normalization::sum));
             CHECK(check_sharded<S>(sine, n, d, e, heads, 100003, pattern) == heads * n);
         }
+}
+
+TEMPLATE_TEST_CASE("context parallel causal backward = the single-process reference (none)", "[mpi][backward]", float, double)
+{
+    using S = TestType;
+    const linrpe::index n = 61, d = 6, e = 5, heads = 2;
+    for (int pattern = 0; pattern < 2; ++pattern)
+        for (const normalization norm : {normalization::sum, normalization::none, normalization::rms}) {
+            CAPTURE(pattern, int(norm));
+            const linear_attention<feature_maps::elu_plus_one, positional::none, S> plain({}, {}, opts<S>(masking::causal, norm));
+            CHECK(check_sharded_backward<S>(plain, n, d, e, heads, 11, pattern) == heads * n);
+        }
+}
+
+TEST_CASE("context parallel backward: bad gradient views and a non-causal attention are refused on every rank", "[mpi][backward]")
+{
+    using S = double;
+    using attention = linear_attention<feature_maps::elu_plus_one, positional::none, S>;
+    const int rank = world_rank(), size = world_size();
+    const linrpe::index n = 4, d = 3;
+    const row_matrix<S> x = test::uniform<S>(n, d, 1);
+    row_matrix<S> g = row_matrix<S>::Constant(n, d, 7.0), narrow = row_matrix<S>::Constant(n, d - 1, 7.0);
+    const auto in = view_bhnd<const S>(x.data(), 1, 1, n, d);
+    const auto out = view_bhnd(g.data(), 1, 1, n, d);
+    const attention causal({}, {}, opts<S>(masking::causal, normalization::sum));
+    const distributed::context_parallel<attention> cp(causal, MPI_COMM_WORLD);
+    // The last rank's dk has the wrong width: every rank throws, the others naming that rank.
+    const auto dk = rank == size - 1 ? view_bhnd(narrow.data(), 1, 1, n, d - 1) : out;
+    bool threw = false;
+    try {
+        cp.backward(in, in, in, in, out, dk, out, rank * n);
+    } catch (const linrpe::error& err) {
+        threw = true;
+        CHECK_THAT(err.what(), Catch::Contains(rank == size - 1 ? "dk view" : "invalid shard on rank"));
+    }
+    CHECK(threw);
+    const attention full({}, {}, opts<S>(masking::none, normalization::sum));
+    const distributed::context_parallel<attention> cp_full(full, MPI_COMM_WORLD);
+    threw = false;
+    try {
+        cp_full.backward(in, in, in, in, out, out, out, rank * n);
+    } catch (const linrpe::error& err) {
+        threw = true;
+        CHECK_THAT(err.what(), Catch::Contains("options.mask")); // every rank fails its own check
+    }
+    CHECK(threw);
+    CHECK((g.array() == 7.0).all());
+    CHECK((narrow.array() == 7.0).all());
 }
 
 TEST_CASE("shards that do not tile one sequence are refused on every rank", "[mpi]")

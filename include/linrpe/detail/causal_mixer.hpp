@@ -283,18 +283,28 @@ void add_suffix(causal_state<S>& u, const Psi& psi, const G& g, const GDen& g_de
 /// each part gets the sum of the parts walked before it, the first walked part zero. The last walked part's
 /// own state is never read (it may be empty). Fixed order, so the sums do not depend on the thread count.
 template <class S>
-void exclusive_state_sums(std::vector<causal_state<S>>& parts, bool reverse, index m, index e, bool with_den)
+void exclusive_state_sums(std::vector<causal_state<S>>& parts, bool reverse, index m, index e, bool with_den,
+                          const causal_state<S>* init = nullptr, causal_state<S>* total = nullptr)
 {
     const index count = static_cast<index>(parts.size());
     causal_state<S> running;
-    running.reset(m, e, with_den);
+    if (init && !init->empty())
+        running = *init;
+    else
+        running.reset(m, e, with_den);
     for (index t = 0; t + 1 < count; ++t) {
         causal_state<S>& part = parts[reverse ? count - 1 - t : t];
         part.s.swap(running.s); // part = the sum before it; running = its own state
         part.z.swap(running.z);
         running += part;
     }
-    if (count) parts[reverse ? 0 : count - 1] = std::move(running);
+    if (!count) return;
+    causal_state<S>& last = parts[reverse ? 0 : count - 1];
+    if (total) {
+        *total = running;
+        *total += last;
+    }
+    last = std::move(running);
 }
 
 /// \brief VJP of causal_forward (no positional weights): dq, dk (N, D) and dv (N, E) for the seed dout (N, E).
@@ -316,12 +326,19 @@ void exclusive_state_sums(std::vector<causal_state<S>>& parts, bool reverse, ind
 /// N·C·(6·M' + 4·E), plus 4·M'·E per row of the first segments (forward: 4·N·M'·E + 2·N·C·(M' + E)); features
 /// are encoded twice for keys (three times in the first segments), once for queries. Extra memory:
 /// O(block·(4·M' + E + 2·C) + (N / block)·M'·E) from the workspace and the states.
+///
+/// A call that continued a state (docs/design.md §8) passes it as `initial` (S0, z0: keys before the rows,
+/// so the prefix states start there) and, when the state after the call feeds later calls, their gradient
+/// `final_grad` w.r.t. it (S_final = S0 + Κᵀ V̄, so the suffix states start there: dΚ += V̄ dS_finalᵀ, dV̄ +=
+/// Κ dS_final, which step 5 then applies to the last segment too). `initial_grad` receives dS0 = dS_final +
+/// Σ_i ψ_i g_iᵀ, the inclusive sum of step 4. Null or empty states are zero.
 template <class S, class Encode, class EncodeBackward>
 void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<const row_matrix<S>>& k,
                      const Eigen::Ref<const row_matrix<S>>& v, const Eigen::Ref<const row_matrix<S>>& dout,
                      Eigen::Ref<row_matrix<S>> dq, Eigen::Ref<row_matrix<S>> dk, Eigen::Ref<row_matrix<S>> dv, index first,
                      bool split, const mixer_setup& setup, normalization norm, S eps, const Encode& encode,
-                     const EncodeBackward& encode_backward, workspace<S>& ws)
+                     const EncodeBackward& encode_backward, workspace<S>& ws, const causal_state<S>* initial = nullptr,
+                     const causal_state<S>* final_grad = nullptr, causal_state<S>* initial_grad = nullptr)
 {
     const index n = q.rows(), e = v.cols(), chunk = setup.chunk, m = setup.m;
     const bool with_den = setup.with_den;
@@ -344,7 +361,7 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
             start[b].add(kappa, v.middleRows(r0, block));
         }
     });
-    exclusive_state_sums(start, false, m, e, with_den);
+    exclusive_state_sums(start, false, m, e, with_den, initial);
     parallel_for(segments, setup.threads, [&](index s) {
         const auto range = block_range(s);
         causal_state<S>& u = after[s];
@@ -385,22 +402,24 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
             encode_backward(k.middleRows(r0, rows), kappa, dfeat, dk.middleRows(r0, rows), role::key, first + r0);
         }
     });
-    exclusive_state_sums(after, true, m, e, with_den);
-    // The key side's VJP is linear in dΚ, so the later segments' share is added to dk after its own VJP.
-    parallel_for(segments - 1, setup.threads, [&](index s) {
+    const bool carried_grad = final_grad && !final_grad->empty();
+    exclusive_state_sums(after, true, m, e, with_den, final_grad, initial_grad);
+    // The key side's VJP is linear in dΚ, so the later segments' share is added to dk after its own VJP (the
+    // last segment has a share only from the gradient of a carried final state).
+    parallel_for(carried_grad ? segments : segments - 1, setup.threads, [&](index s) {
         const auto range = block_range(s);
         row_matrix<S> dkappa, dv_rows, dk_rows;
         for (index b = range.first; b < range.second; ++b) {
-            const index r0 = b * block;
-            const auto v_b = v.middleRows(r0, block);
-            const row_matrix<S> kappa = encode(k.middleRows(r0, block), role::key, first + r0); // (block, M')
-            dkappa.resize(block, m);
-            dv_rows.resize(block, e);
-            dk_rows.resize(block, k.cols());
+            const index r0 = b * block, rows = rows_of(b);
+            const auto v_b = v.middleRows(r0, rows);
+            const row_matrix<S> kappa = encode(k.middleRows(r0, rows), role::key, first + r0); // (rows, M')
+            dkappa.resize(rows, m);
+            dv_rows.resize(rows, e);
+            dk_rows.resize(rows, k.cols());
             backward_key_rows<S>(kappa, v_b, after[s], nullptr, v_b, dkappa, dv_rows);
-            encode_backward(k.middleRows(r0, block), kappa, dkappa, dk_rows, role::key, first + r0);
-            dv.middleRows(r0, block) += dv_rows;
-            dk.middleRows(r0, block) += dk_rows;
+            encode_backward(k.middleRows(r0, rows), kappa, dkappa, dk_rows, role::key, first + r0);
+            dv.middleRows(r0, rows) += dv_rows;
+            dk.middleRows(r0, rows) += dk_rows;
         }
     });
 }

@@ -35,50 +35,85 @@ struct sequence_calls {
     static void forward_state(const Attention& attn, in_view q, in_view k, in_view v, out_view out, state_type& state,
                               const std::vector<index>* slots, workspace<S>& ws)
     {
-        if (attn.opts().mask != masking::causal)
-            fail("options.mask (state passing continues a causal attention)", "masking::causal", "masking::none");
+        require_causal(attn);
         check_extents(q, k, v, out);
         if (q.heads() != state.heads()) fail("state heads", q.heads(), state.heads());
-        const index items = q.batch();
+        const index items = q.batch(), n = q.tokens();
+        if (slots) check_slots(*slots, items, state.batch());
+        else if (items != state.batch()) fail("state batch", items, state.batch());
         const auto slot_of = [&](index a) { return slots ? (*slots)[static_cast<std::size_t>(a)] : a; };
-        if (slots) {
-            if (index(slots->size()) != items) fail("slots (one per batch entry of the views)", items, slots->size());
-            std::vector<char> seen(static_cast<std::size_t>(state.batch()), 0);
-            for (const index b : *slots) {
-                if (b < 0 || b >= state.batch()) fail("slots entry", concat("0 <= slot < ", state.batch()), b);
-                if (seen[static_cast<std::size_t>(b)]++) fail("slots entry (each slot at most once)", "distinct slots", b);
+        run_state(attn, q, k, v, out, state, items, [&](index a) { return item_rows{a, slot_of(a), 0, n}; }, ws);
+    }
+
+    /// Causal call over the active slots only: views of the state's batch, entry b continuing slot b where
+    /// active[b]; inactive entries are neither read nor written, their slots untouched.
+    static void forward_active(const Attention& attn, in_view q, in_view k, in_view v, out_view out, state_type& state,
+                               const std::vector<bool>& active, workspace<S>& ws)
+    {
+        require_causal(attn);
+        check_extents(q, k, v, out);
+        if (q.heads() != state.heads()) fail("state heads", q.heads(), state.heads());
+        if (q.batch() != state.batch()) fail("state batch", q.batch(), state.batch());
+        if (index(active.size()) != state.batch()) fail("active (one flag per slot)", state.batch(), active.size());
+        std::vector<index> on;
+        for (index b = 0; b < state.batch(); ++b)
+            if (active[static_cast<std::size_t>(b)]) on.push_back(b);
+        const index n = q.tokens();
+        run_state(attn, q, k, v, out, state, index(on.size()),
+                  [&](index a) { return item_rows{on[static_cast<std::size_t>(a)], on[static_cast<std::size_t>(a)], 0, n}; }, ws);
+    }
+
+    /// Packed causal call continuing state slots: sequence b of the packed views (rows [cu[b], cu[b+1]))
+    /// continues slot slots[b] of `state` (slot b when `slots` is null) from its position.
+    static void forward_packed_state(const Attention& attn, in_view q, in_view k, in_view v, out_view out,
+                                     const std::vector<index>& cu, state_type& state, const std::vector<index>* slots,
+                                     workspace<S>& ws)
+    {
+        require_causal(attn);
+        check_packed(q, k, v, out, cu);
+        if (q.heads() != state.heads()) fail("state heads", q.heads(), state.heads());
+        const index batch = index(cu.size()) - 1;
+        if (slots) check_slots(*slots, batch, state.batch());
+        else if (batch != state.batch()) fail("state batch (one slot per packed sequence)", batch, state.batch());
+        run_state(attn, q, k, v, out, state, batch, [&](index b) {
+            const std::size_t i = static_cast<std::size_t>(b);
+            return item_rows{0, slots ? (*slots)[i] : b, cu[i], cu[i + 1] - cu[i]};
+        }, ws);
+    }
+
+    /// \brief Backward of forward_state over every slot (linear_attention::backward from a state; views
+    /// validated by the caller): item (b, h) starts at `initial`'s slot, `final_grad`'s slot (zero when null
+    /// or empty) seeds its suffix, and `initial_grad` receives dS0 per slot, assigned after every head ran.
+    static void backward_state(const Attention& attn, in_view q, in_view k, in_view v, in_view dout, out_view dq,
+                               out_view dk, out_view dv, const state_type& initial, state_type& initial_grad,
+                               const state_type* final_grad, workspace<S>* ws, typename Attention::parameter_gradients* pg)
+    {
+        require_causal(attn);
+        const index batch = q.batch(), heads = q.heads(), n = q.tokens(), d = q.channels(), e = v.channels();
+        const auto check_extents_of = [&](const char* what, const state_type& st) {
+            if (st.batch() != batch || st.heads() != heads)
+                fail(what, concat("batch x heads = ", batch, " x ", heads), concat(st.batch(), " x ", st.heads()));
+        };
+        check_extents_of("initial state", initial);
+        if (final_grad) check_extents_of("final_grad state", *final_grad);
+        for (index b = 0; b < batch; ++b)
+            for (index h = 0; h < heads; ++h) {
+                check_slot(attn, initial, b, h, n, d, e, "initial state");
+                if (final_grad) check_slot(attn, *final_grad, b, h, 0, d, e, "final_grad state");
             }
-        } else if (items != state.batch()) {
-            fail("state batch", items, state.batch());
-        }
-        const index n = q.tokens(), d = q.channels(), e = v.channels(), m = attn.encoded_dim(d);
-        const bool with_den = attn.opts().norm == normalization::sum;
-        for (index a = 0; a < items; ++a)
-            for (index h = 0; h < q.heads(); ++h) {
-                const auto& s = state.slot(slot_of(a), h);
-                if (n > state_position_limit - s.position)
-                    fail("state position (after the call)", "<= 2^53", concat(s.position, " + ", n));
-                // As if the call spanned the slot's whole history: positivity is checked at every offset a
-                // query of this call sees (from the slot's origin on).
-                const index span = s.position - s.origin + n;
-                attn.validate_head(span, d, span, d, span, e, h, s.origin, s.origin);
-                if (!s.stream.empty() && (state_type::features_of(s) != m || state_type::values_of(s, with_den) != e ||
-                                          !state_type::fits_normalization(s, with_den)))
-                    fail("state slot sizes (M', E)", concat("(", m, ", ", e, ") for this call"),
-                         concat("(", state_type::features_of(s), ", ", state_type::values_of(s, with_den), ") at slot (",
-                                slot_of(a), ", ", h, ")"));
+        state_type grad(batch, heads);
+        for (index b = 0; b < batch; ++b)
+            for (index h = 0; h < heads; ++h) {
+                const auto& from = initial.slot(b, h);
+                grad.slot(b, h).position = from.position;
+                grad.slot(b, h).origin = from.origin;
             }
-        const index heads = q.heads(), calls = items * heads;
-        const serial_eigen_scope serial_eigen; // linrpe's products stay serial: results independent of threads
-        ws.prepare(Attention::call_slots(attn.opts().threads));
-        parallel_for(calls, attn.head_threads(calls, n), [&](index ah) {
-            const index a = ah / heads, h = ah % heads;
-            auto& s = state.slot(slot_of(a), h);
-            attn.run_head(q.slice(a, h), k.slice(a, h), v.slice(a, h), out.slice(a, h), h, s.position, s.position,
-                          &s.stream, calls, &ws);
-        }, attn.head_work(n, n, d, e));
-        for (index a = 0; a < items; ++a)
-            for (index h = 0; h < heads; ++h) state.slot(slot_of(a), h).position += n;
+        attn.backward_items(q, k, v, dout, dq, dk, dv, ws, pg, [&](index b, index h) {
+            return typename Attention::backward_item{initial.slot(b, h).position, &initial.slot(b, h).stream,
+                                                     final_grad ? &final_grad->slot(b, h).stream : nullptr,
+                                                     &grad.slot(b, h).stream};
+        });
+        initial_grad = std::move(grad);
     }
 
     /// Batched call with per-sequence first positions (`first` size B, or empty for 0) and, for a
@@ -116,15 +151,7 @@ struct sequence_calls {
     static void forward_packed(const Attention& attn, in_view q, in_view k, in_view v, out_view out,
                                const std::vector<index>& cu, const std::vector<index>& first, workspace<S>& ws)
     {
-        check_extents(q, k, v, out);
-        if (q.batch() != 1) fail("q view batch (packed sequences: batch 1, total tokens on the token axis)", 1, q.batch());
-        if (k.tokens() != q.tokens()) fail("k view tokens (packed: the same total as the queries)", q.tokens(), k.tokens());
-        if (cu.size() < 2) fail("cu_seqlens size (B + 1 offsets, B >= 1)", ">= 2", cu.size());
-        if (cu.front() != 0) fail("cu_seqlens[0]", 0, cu.front());
-        for (std::size_t b = 1; b < cu.size(); ++b)
-            if (cu[b] < cu[b - 1])
-                fail("cu_seqlens (non-decreasing offsets)", concat(">= ", cu[b - 1], " at index ", b), cu[b]);
-        if (cu.back() != q.tokens()) fail("cu_seqlens[B] (total tokens of the packed views)", q.tokens(), cu.back());
+        check_packed(q, k, v, out, cu);
         const index batch = index(cu.size()) - 1, heads = q.heads();
         check_per_sequence("first_positions", first, batch, 0, -1);
         index longest = 0;
@@ -167,6 +194,94 @@ struct sequence_calls {
     }
 
 private:
+    static void require_causal(const Attention& attn)
+    {
+        if (attn.opts().mask != masking::causal)
+            fail("options.mask (state passing continues a causal attention)", "masking::causal", "masking::none");
+    }
+
+    // Views of batch 1 holding B sequences at the offsets cu (B + 1, from 0 to the total tokens, non-decreasing).
+    static void check_packed(const in_view& q, const in_view& k, const in_view& v, const out_view& out, const std::vector<index>& cu)
+    {
+        check_extents(q, k, v, out);
+        if (q.batch() != 1) fail("q view batch (packed sequences: batch 1, total tokens on the token axis)", 1, q.batch());
+        if (k.tokens() != q.tokens()) fail("k view tokens (packed: the same total as the queries)", q.tokens(), k.tokens());
+        if (cu.size() < 2) fail("cu_seqlens size (B + 1 offsets, B >= 1)", ">= 2", cu.size());
+        if (cu.front() != 0) fail("cu_seqlens[0]", 0, cu.front());
+        for (std::size_t b = 1; b < cu.size(); ++b)
+            if (cu[b] < cu[b - 1])
+                fail("cu_seqlens (non-decreasing offsets)", concat(">= ", cu[b - 1], " at index ", b), cu[b]);
+        if (cu.back() != q.tokens()) fail("cu_seqlens[B] (total tokens of the packed views)", q.tokens(), cu.back());
+    }
+
+    // `slots` names `items` distinct slots of a state of `batch` slots.
+    static void check_slots(const std::vector<index>& slots, index items, index batch)
+    {
+        if (index(slots.size()) != items) fail("slots (one per sequence of the call)", items, slots.size());
+        std::vector<char> seen(static_cast<std::size_t>(batch), 0);
+        for (const index b : slots) {
+            if (b < 0 || b >= batch) fail("slots entry", concat("0 <= slot < ", batch), b);
+            if (seen[static_cast<std::size_t>(b)]++) fail("slots entry (each slot at most once)", "distinct slots", b);
+        }
+    }
+
+    // One sequence of a state-passing call: rows [r0, r0 + rows) of view entry `entry` continue `slot`.
+    struct item_rows {
+        index entry, slot, r0, rows;
+    };
+
+    // The state-passing calls over validated views: item(a) for a < items gives each sequence's rows and
+    // slot (distinct slots). Checks every slot before the first write, runs the (sequence, head) calls,
+    // then advances the slots' positions.
+    template <class Item>
+    static void run_state(const Attention& attn, const in_view& q, const in_view& k, const in_view& v, const out_view& out,
+                          state_type& state, index items, const Item& item, workspace<S>& ws)
+    {
+        const index d = q.channels(), e = v.channels(), heads = q.heads(), calls = items * heads;
+        index longest = 0;
+        for (index a = 0; a < items; ++a) {
+            const item_rows it = item(a);
+            longest = std::max(longest, it.rows);
+            for (index h = 0; h < heads; ++h) check_slot(attn, state, it.slot, h, it.rows, d, e, "state");
+        }
+        const serial_eigen_scope serial_eigen; // linrpe's products stay serial: results independent of threads
+        ws.prepare(Attention::call_slots(attn.opts().threads));
+        parallel_for(calls, attn.head_threads(calls, longest), [&](index ah) {
+            const index h = ah % heads;
+            const item_rows it = item(ah / heads);
+            auto& s = state.slot(it.slot, h);
+            attn.run_head(q.slice(it.entry, h).middleRows(it.r0, it.rows), k.slice(it.entry, h).middleRows(it.r0, it.rows),
+                          v.slice(it.entry, h).middleRows(it.r0, it.rows), out.slice(it.entry, h).middleRows(it.r0, it.rows),
+                          h, s.position, s.position, &s.stream, calls, &ws);
+        }, attn.head_work(longest, longest, d, e));
+        for (index a = 0; a < items; ++a) {
+            const item_rows it = item(a);
+            for (index h = 0; h < heads; ++h) state.slot(it.slot, h).position += it.rows;
+        }
+    }
+
+    // Slot (b, h) of `state` can continue (or, for a gradient state, match) a causal call of n tokens of
+    // width d with values of width e: positions stay below 2^53, the encoding accepts every offset from the
+    // slot's origin on, and a non-empty slot holds (M', E) matrices of this normalization.
+    static void check_slot(const Attention& attn, const state_type& state, index b, index h, index n, index d, index e,
+                           const char* what)
+    {
+        const auto& s = state.slot(b, h);
+        if (n > state_position_limit - s.position)
+            fail(concat(what, " position (after the call)").c_str(), "<= 2^53", concat(s.position, " + ", n));
+        // As if the call spanned the slot's whole history: positivity is checked at every offset a query of
+        // this call sees (from the slot's origin on).
+        const index span = s.position - s.origin + n;
+        attn.validate_head(span, d, span, d, span, e, h, s.origin, s.origin);
+        const index m = attn.encoded_dim(d);
+        const bool with_den = attn.opts().norm == normalization::sum;
+        if (!s.stream.empty() && (state_type::features_of(s) != m || state_type::values_of(s, with_den) != e ||
+                                  !state_type::fits_normalization(s, with_den)))
+            fail(concat(what, " slot sizes (M', E)").c_str(), concat("(", m, ", ", e, ") for this call"),
+                 concat("(", state_type::features_of(s), ", ", state_type::values_of(s, with_den), ") at slot (", b, ", ",
+                        h, ")"));
+    }
+
     // Empty, or one value per sequence in [lo, hi] (hi < 0: no upper bound).
     static void check_per_sequence(const char* argument, const std::vector<index>& values, index batch, index lo, index hi)
     {

@@ -4,6 +4,7 @@
 ///
 /// Optional component (CMake `LINRPE_USE_MPI`, target `linrpe::mpi`); nothing else in linrpe includes it.
 
+#include "../attention_state.hpp"
 #include "../detail/normalize.hpp"
 #include "../detail/parallel.hpp"
 #include "../errors.hpp"
@@ -70,7 +71,7 @@ public:
     int rank() const { return m_rank; }
     int size() const { return m_size; }
     const Attention& attention() const { return m_attn; }
-    /// Bytes this rank sent in the last forward() (the allgather of its states plus the shard metadata).
+    /// Bytes this rank sent in the last forward() or backward() (the allgathers of its states plus the shard metadata).
     std::size_t bytes_sent() const { return m_bytes_sent; }
 
     /// \brief Collective: every rank calls it with its own shard and first absolute position. Throws
@@ -87,30 +88,9 @@ public:
         const index m = m_attn.encoded_dim(q.channels()), ex = e + 1;
         const index slot = m * ex, total = batch * heads * slot;
 
-        // Δ_r per (batch, head): Σ κ_j [v_j, 1]ᵀ over this shard, κ at absolute positions.
-        std::vector<scalar_type> local(static_cast<std::size_t>(total), scalar_type(0));
-        detail::parallel_for(batch * heads, m_attn.opts().threads, [&](index bh) {
-            const index b = bh / heads, h = bh % heads;
-            Eigen::Map<matrix> delta(local.data() + bh * slot, m, ex); // (M', E + 1)
-            const auto ks = k.slice(b, h);
-            const auto vs = v.slice(b, h);
-            for (index r0 = 0; r0 < n; r0 += block) {
-                const index rows = std::min(block, n - r0);
-                const matrix kappa = feature_source().features(ks.middleRows(r0, rows), role::key, h, first_position + r0);
-                delta.leftCols(e).noalias() += kappa.transpose() * vs.middleRows(r0, rows); // (M', E)
-                delta.col(e) += kappa.colwise().sum().transpose();                          // (M')
-            }
-        });
-        std::vector<scalar_type> all(static_cast<std::size_t>(total * m_size));
-        MPI_Allgather(local.data(), static_cast<int>(total), mpi_type(), all.data(), static_cast<int>(total), mpi_type(),
-                      m_comm);
-        m_bytes_sent += static_cast<std::size_t>(total) * sizeof(scalar_type);
-
+        const std::vector<scalar_type> all = gather(local_states(k, v, first_position));
         // The incoming state, summed in rank order: every rank (causal: before this one) in turn.
-        const int upto = causal ? m_rank : m_size;
-        std::vector<scalar_type> incoming(static_cast<std::size_t>(total), scalar_type(0));
-        for (int r = 0; r < upto; ++r)
-            for (index i = 0; i < total; ++i) incoming[i] += all[static_cast<std::size_t>(r * total + i)];
+        const std::vector<scalar_type> incoming = rank_sum(all, 0, causal ? m_rank : m_size, total);
         if (n == 0) return;
 
         // Causal: the local part first, as numerator and denominator columns of one none-normalized call.
@@ -146,8 +126,121 @@ public:
         });
     }
 
+    /// \brief Collective backward of forward() for a causal attention: dq, dk (B, H, n_r, D) and dv
+    /// (B, H, n_r, E) of ⟨dout, out⟩ over the whole sequence, for this rank's shard (docs/design.md §17).
+    ///
+    /// Rank r's shard is a call continuing the state S_in(r) = Σ_{r' < r} Δ_{r'} (the forward's exclusive
+    /// scan), so its gradients are the backward from that state (linear_attention::backward with a state),
+    /// once the gradient w.r.t. the state it leaves is known: dS_out(r) = Σ_{r' > r} U_{r'}, the reverse
+    /// exclusive scan of U_r = Σ_{i in r} ψ_i [g_i, g_den,i]ᵀ. U_r comes from a first local backward (with
+    /// dS_out = 0); the U's are all-gathered and summed in rank order, then a second local backward from
+    /// S_in(r) with dS_out(r) gives dk, dv (the last rank needs none). Cost per rank: two local backwards
+    /// (one on the last rank) plus O(P·B·H·M'·(E + 1)); communication: B·H·M'·(E + 1) scalars sent twice,
+    /// independent of N. Bit-identical between runs with the same rank count; equal to the single-process
+    /// backward to rounding. Needs the attention's backward (positional::none; other encodings stop at
+    /// compile time as backward() does). Under `sum` the local backward differentiates FAVOR+'s query
+    /// shift, which this class's causal forward leaves out (they differ at the order of eps/den). The
+    /// non-causal backward is not built yet: it throws linrpe::error. Throws on every rank, before
+    /// writing, on invalid or non-tiling shards.
+    void backward(tensor_view<const scalar_type> q, tensor_view<const scalar_type> k, tensor_view<const scalar_type> v,
+                  tensor_view<const scalar_type> dout, tensor_view<scalar_type> dq, tensor_view<scalar_type> dk,
+                  tensor_view<scalar_type> dv, index first_position) const
+    {
+        // validate() reads the extents of its `out` argument only: dout stands in for it.
+        const tensor_view<scalar_type> dout_extents(const_cast<scalar_type*>(dout.data()), dout.batch(), dout.heads(),
+                                                    dout.tokens(), dout.channels(), dout.stride(0), dout.stride(1),
+                                                    dout.stride(2), dout.stride(3));
+        validate(q, k, v, dout_extents, first_position, [&] {
+            if (m_attn.opts().mask != masking::causal)
+                detail::fail("options.mask (context_parallel::backward)", "masking::causal (the non-causal backward is not built yet)",
+                             "masking::none");
+            const auto same = [](const char* name, const tensor_view<scalar_type>& x, const tensor_view<const scalar_type>& like) {
+                x.validate(name);
+                if (x.batch() != like.batch() || x.heads() != like.heads() || x.tokens() != like.tokens() ||
+                    x.channels() != like.channels())
+                    detail::fail(name, detail::concat("extents (", like.batch(), ", ", like.heads(), ", ", like.tokens(), ", ",
+                                                      like.channels(), ")"),
+                                 detail::concat("(", x.batch(), ", ", x.heads(), ", ", x.tokens(), ", ", x.channels(), ")"));
+            };
+            same("dq view", dq, q);
+            same("dk view", dk, k);
+            same("dv view", dv, v);
+        });
+        const index batch = q.batch(), heads = q.heads(), e = v.channels();
+        const index m = m_attn.encoded_dim(q.channels()), slot = m * (e + 1), total = batch * heads * slot;
+        const bool with_den = m_attn.opts().norm == normalization::sum;
+        const std::vector<scalar_type> all = gather(local_states(k, v, first_position));
+        const auto state_of = [&](const std::vector<scalar_type>& flat) {
+            typename Attention::state_type st(batch, heads);
+            for (index bh = 0; bh < batch * heads; ++bh) {
+                const Eigen::Map<const matrix> x(flat.data() + bh * slot, m, e + 1); // (M', E + 1)
+                auto& s = st.slot(bh / heads, bh % heads);
+                s.position = first_position;
+                s.stream.s = x.leftCols(e);
+                if (with_den) s.stream.z = x.col(e);
+            }
+            return st;
+        };
+        const auto initial = state_of(rank_sum(all, 0, m_rank, total));
+        typename Attention::state_type grad;
+        m_attn.backward(q, k, v, dout, dq, dk, dv, initial, grad); // dq final; U_r = grad
+        std::vector<scalar_type> u(static_cast<std::size_t>(total), scalar_type(0));
+        for (index bh = 0; bh < batch * heads; ++bh) {
+            Eigen::Map<matrix> x(u.data() + bh * slot, m, e + 1);
+            const auto& s = grad.slot(bh / heads, bh % heads).stream;
+            x.leftCols(e) = s.s;
+            if (with_den) x.col(e) = s.z;
+        }
+        const std::vector<scalar_type> suffix = rank_sum(gather(u), m_rank + 1, m_size, total);
+        if (m_rank + 1 < m_size) {
+            const auto final_grad = state_of(suffix);
+            m_attn.backward(q, k, v, dout, dq, dk, dv, initial, grad, &final_grad);
+        }
+    }
+
 private:
     static constexpr index block = 4096;
+
+    // Δ_r per (batch, head), flattened: Σ κ_j [v_j, 1]ᵀ (M', E + 1) over this shard, κ at absolute positions.
+    std::vector<scalar_type> local_states(const tensor_view<const scalar_type>& k, const tensor_view<const scalar_type>& v,
+                                          index first_position) const
+    {
+        const index batch = k.batch(), heads = k.heads(), n = k.tokens(), e = v.channels();
+        const index m = m_attn.encoded_dim(k.channels()), ex = e + 1, slot = m * ex;
+        std::vector<scalar_type> local(static_cast<std::size_t>(batch * heads * slot), scalar_type(0));
+        detail::parallel_for(batch * heads, m_attn.opts().threads, [&](index bh) {
+            const index b = bh / heads, h = bh % heads;
+            Eigen::Map<matrix> delta(local.data() + bh * slot, m, ex); // (M', E + 1)
+            const auto ks = k.slice(b, h);
+            const auto vs = v.slice(b, h);
+            for (index r0 = 0; r0 < n; r0 += block) {
+                const index rows = std::min(block, n - r0);
+                const matrix kappa = feature_source().features(ks.middleRows(r0, rows), role::key, h, first_position + r0);
+                delta.leftCols(e).noalias() += kappa.transpose() * vs.middleRows(r0, rows); // (M', E)
+                delta.col(e) += kappa.colwise().sum().transpose();                          // (M')
+            }
+        });
+        return local;
+    }
+
+    // Every rank's `local` (equal sizes), in rank order; counts the bytes sent.
+    std::vector<scalar_type> gather(const std::vector<scalar_type>& local) const
+    {
+        const int count = static_cast<int>(local.size());
+        std::vector<scalar_type> all(local.size() * static_cast<std::size_t>(m_size));
+        MPI_Allgather(local.data(), count, mpi_type(), all.data(), count, mpi_type(), m_comm);
+        m_bytes_sent += local.size() * sizeof(scalar_type);
+        return all;
+    }
+
+    // Σ_{r in [from, to)} of the gathered blocks of `total` scalars, in rank order (a fixed order on every rank).
+    static std::vector<scalar_type> rank_sum(const std::vector<scalar_type>& all, int from, int to, index total)
+    {
+        std::vector<scalar_type> sum(static_cast<std::size_t>(total), scalar_type(0));
+        for (int r = from; r < to; ++r)
+            for (index i = 0; i < total; ++i) sum[static_cast<std::size_t>(i)] += all[static_cast<std::size_t>(r * total + i)];
+        return sum;
+    }
 
     // Non-causal uses the attention's own features (its FAVOR+ query shift included); causal uses the
     // none-normalized copy so that ψ matches the local part's.
@@ -156,8 +249,16 @@ private:
     static MPI_Datatype mpi_type() { return std::is_same<scalar_type, float>::value ? MPI_FLOAT : MPI_DOUBLE; }
 
     // Collective: every rank learns every rank's shard and whether it was valid, so all throw together.
+    // `extra` runs this rank's further checks (the backward's) inside the same collective verdict.
     void validate(const tensor_view<const scalar_type>& q, const tensor_view<const scalar_type>& k,
                   const tensor_view<const scalar_type>& v, const tensor_view<scalar_type>& out, index first) const
+    {
+        validate(q, k, v, out, first, [] {});
+    }
+    template <class Extra>
+    void validate(const tensor_view<const scalar_type>& q, const tensor_view<const scalar_type>& k,
+                  const tensor_view<const scalar_type>& v, const tensor_view<scalar_type>& out, index first,
+                  const Extra& extra) const
     {
         std::string local_error;
         try {
@@ -180,6 +281,7 @@ private:
             // The attention's own checks (encoding heads and widths) on an empty block of every head.
             const matrix none(0, q.channels());
             for (index h = 0; h < q.heads(); ++h) (void)m_attn.features(none, role::key, h, first);
+            extra();
         } catch (const error& err) {
             local_error = err.what();
         }
