@@ -13,6 +13,7 @@
 #include <linrpe/positional/sine_spe.hpp>
 #include <linrpe/reference/kernel_attention.hpp>
 
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -142,4 +143,191 @@ TEST_CASE("SPE backward equals central finite differences for q, k, v and every 
                         check_fd(make_conv<double>(gated, width), mask, n, first);
                     }
                 }
+}
+
+namespace {
+// The same function in double: parameters and realization cast exactly (convSPE: with an explicit window, since
+// float and double runs of a stream agree only to float rounding).
+sine_spe<double> to_double(const sine_spe<float>& s)
+{
+    sine_spe<double> d(s.heads(), s.dim(), s.sines(), s.realizations(), s.seed(), s.gated);
+    d.set_parameters(s.freqs.cast<double>(), s.offsets.cast<double>(), s.gains.cast<double>());
+    d.gate = s.gate.cast<double>();
+    const auto r = s.realization();
+    d.set_realization({r.noise.cast<double>(), r.gate_noise.cast<double>()});
+    return d;
+}
+conv_spe<double> to_double(const conv_spe<float>& s)
+{
+    conv_spe<double> d(s.heads(), s.dim(), s.width(), s.realizations(), s.seed(), s.gated);
+    d.set_filters(s.query_filter.cast<double>(), s.key_filter.cast<double>());
+    d.gate = s.gate.cast<double>();
+    const auto r = s.realization();
+    d.set_realization({r.noise_seed, r.noise.cast<double>(), r.gate_noise.cast<double>()});
+    return d;
+}
+
+// |C| of every code entry at positions first.. (rows i·D + d, R columns), an upper bound on the absolute value
+// of each product the codes sum: sine (|cos|, |sin| <= 1, so position-free) (R·D)^{−1/4}(√(1 − g)/√(2K)
+// Σ_k λ_k (|Z_2k| + |Z_2k+1|) + √g |ε|); conv the codes of |φ| on the window |Z| and |ε| (the same formula).
+row_matrix<double> code_abs(const sine_spe<double>& s, role, index head, index, index n)
+{
+    const auto r = s.realization();
+    const double scale = std::pow(double(s.realizations() * s.dim()), -0.25);
+    row_matrix<double> one(s.dim(), s.realizations());
+    for (index d = 0; d < s.dim(); ++d) {
+        const double g = s.gated ? 1.0 / (1.0 + std::exp(-s.gate(head, d))) : 0.0;
+        one.row(d) = std::sqrt(g) * scale * r.gate_noise.row(head * s.dim() + d).cwiseAbs();
+        for (index k = 0; k < s.sines(); ++k) {
+            const double lambda = std::log1p(std::exp(s.gains(head * s.dim() + d, k)));
+            const index row = (head * s.dim() + d) * 2 * s.sines() + 2 * k;
+            one.row(d) += std::sqrt((1.0 - g) / double(2 * s.sines())) * scale * lambda *
+                          (r.noise.row(row).cwiseAbs() + r.noise.row(row + 1).cwiseAbs());
+        }
+    }
+    return one.replicate(n, 1);
+}
+row_matrix<double> code_abs(const conv_spe<double>& s, role which, index head, index first, index n)
+{
+    conv_spe<double> a = s;
+    a.set_filters(s.query_filter.cwiseAbs(), s.key_filter.cwiseAbs());
+    const auto r = s.realization();
+    a.set_realization({r.noise_seed, r.noise.cwiseAbs(), r.gate_noise.cwiseAbs()});
+    row_matrix<double> out(n * s.dim(), s.realizations());
+    for (index d = 0; d < s.dim(); ++d) {
+        const row_matrix<double> c = a.code(which, head, d, first, n); // (n, R)
+        for (index i = 0; i < n; ++i) out.row(i * s.dim() + d) = c.row(i);
+    }
+    return out;
+}
+index hook_terms(const sine_spe<double>& s) { return s.realizations() + 2 * s.sines() + 2; }
+index hook_terms(const conv_spe<double>& s) { return s.realizations() + s.width() + 2; }
+
+// One role of the float check: dx against Σ_r du[r] C(m, r) with the exact double codes (code(): the forward's
+// own unit-vector codes) and du the exact reference gradient at the float features; returns the bound.
+//   ‖δdx_i‖ <= ‖C_i‖ ‖δdu_i‖ + γ_T ‖|C_i| |du_i|‖: the first from the mixer and φ (support_backward.hpp, at the
+//   float features the fast path forms), the second the hook's own products (R in the GEMM, then the sum
+//   over the code's columns), ‖C_i‖_2 <= ‖|C|_i‖_F; times 2 for second-order terms.
+template <class Spe64>
+double dx_bound(const Spe64& spe, role which, index head, index first, const row_matrix<double>& du, double bound_du,
+                row_matrix<double>& dx_ref, const row_matrix<double>& x)
+{
+    const index n = du.rows();
+    const row_matrix<double> cabs = code_abs(spe, which, head, first, n);
+    dx_ref.resize(n, spe.dim());
+    for (index d = 0; d < spe.dim(); ++d) {
+        const row_matrix<double> c = spe.code(which, head, d, first, n);
+        dx_ref.col(d) = (c.array() * du.array()).rowwise().sum().matrix();
+    }
+    (void)x;
+    const double u = test::unit_roundoff<float>(), gamma = 2.0 * double(hook_terms(spe)) * u;
+    double max_c = 0, own = 0;
+    for (index i = 0; i < n; ++i) {
+        const auto ci = cabs.middleRows(i * spe.dim(), spe.dim());
+        max_c = std::max(max_c, ci.norm());
+        own += (gamma * (ci * du.row(i).cwiseAbs().transpose())).squaredNorm();
+    }
+    return 2.0 * (max_c * bound_du + std::sqrt(own));
+}
+
+// ‖J‖_F of the map du ↦ parameter gradient of one role (the double hook on unit probes e_{i,r}).
+template <class Spe64>
+double gradient_jacobian_norm(const Spe64& spe, const row_matrix<double>& x, role which, index head, index first)
+{
+    double sq = 0;
+    std::vector<double> g(static_cast<std::size_t>(spe.gradient_size()));
+    row_matrix<double> probe(1, spe.realizations()), dx(1, spe.dim());
+    for (index i = 0; i < x.rows(); ++i)
+        for (index r = 0; r < spe.realizations(); ++r) {
+            probe.setZero();
+            probe(0, r) = 1;
+            std::fill(g.begin(), g.end(), 0.0);
+            spe.template encode_pre_backward<double>(x.row(i), probe, dx, first + i, head, which, g.data());
+            for (const double v : g) sq += v * v;
+        }
+    return std::sqrt(sq);
+}
+
+std::vector<double> concat(std::initializer_list<const row_matrix<double>*> parts)
+{
+    std::vector<double> out;
+    for (const auto* m : parts) out.insert(out.end(), m->data(), m->data() + m->size());
+    return out;
+}
+std::vector<double> flat_of(const sine_spe<float>::parameter_gradients& g) { return concat({&g.freqs, &g.offsets, &g.gains, &g.gate}); }
+std::vector<double> flat_of(const sine_spe<double>::parameter_gradients& g) { return concat({&g.freqs, &g.offsets, &g.gains, &g.gate}); }
+std::vector<double> flat_of(const conv_spe<float>::parameter_gradients& g) { return concat({&g.query_filter, &g.key_filter, &g.gate}); }
+std::vector<double> flat_of(const conv_spe<double>::parameter_gradients& g) { return concat({&g.query_filter, &g.key_filter, &g.gate}); }
+
+template <class Spe32>
+void check_float(const Spe32& spe32, masking mask, index first)
+{
+    const index n = 129, head = 1;
+    options<float> opt;
+    opt.mask = mask;
+    opt.chunk_size = 16;
+    const attention_of<Spe32> attn({}, spe32, opt);
+    const auto spe = to_double(spe32);
+    const row_matrix<float> q = test::uniform<float>(n, dim, 1, 0.5), k = test::uniform<float>(n, dim, 2, 0.5),
+                            v = test::uniform<float>(n, values, 3), dout = test::uniform<float>(n, values, 4);
+    row_matrix<float> dq(n, dim), dk(n, dim), dv(n, values);
+    auto pg32 = attn.make_parameter_gradients();
+    attn.backward(q, k, v, dout, dq, dk, dv, head, first, first, nullptr, &pg32);
+
+    // The features' inputs in float, as the fast path forms them, and the exact gradients at them.
+    row_matrix<float> uq(n, reals), uk(n, reals);
+    spe32.template encode_pre<float>(q, uq, first, head, role::query);
+    spe32.template encode_pre<float>(k, uk, first, head, role::key);
+    const linear_attention<feature_maps::elu_plus_one, positional::none, float> plain({}, {}, opt);
+    const auto ref = test::reference_backward(plain, uq, uk, v, dout);
+    row_matrix<double> dq_ref, dk_ref;
+    const row_matrix<double> qd = q.cast<double>(), kd = k.cast<double>();
+    const double bq = dx_bound(spe, role::query, head, first, ref.exact.dq, ref.bound_dq, dq_ref, qd);
+    const double bk = dx_bound(spe, role::key, head, first, ref.exact.dk, ref.bound_dk, dk_ref, kd);
+    const double eq = test::abs_error(dq, dq_ref), ek = test::abs_error(dk, dk_ref), ev = test::abs_error(dv, ref.exact.dv);
+    CAPTURE(eq, bq, ek, bk, ev, ref.bound_dv);
+    REQUIRE(eq <= bq);
+    REQUIRE(ek <= bk);
+    REQUIRE(ev <= ref.bound_dv);
+
+    // Parameter gradients: the double hook on the exact du. ‖δpg‖ <= Σ_role ‖J‖_F (‖δdu‖ + c γ_T ‖du‖): the
+    // mixer's error through the hook's linear map J, and the hook's own rounding (T = N + R + 2K + 4 nested
+    // sums, c the largest count of terms of one entry of J: 2K + 2 sine, W + 1 conv, which |J| may exceed J
+    // by), Cauchy–Schwarz over the (i, r) sums; times 2.
+    std::vector<double> flat(static_cast<std::size_t>(spe.gradient_size()), 0.0);
+    row_matrix<double> dx(n, dim);
+    spe.template encode_pre_backward<double>(qd, ref.exact.dq, dx, first, head, role::query, flat.data());
+    spe.template encode_pre_backward<double>(kd, ref.exact.dk, dx, first, head, role::key, flat.data());
+    auto pg_ref = spe.make_parameter_gradients();
+    spe.add_gradients(head, flat.data(), pg_ref);
+    const std::vector<double> a = flat_of(pg32), b = flat_of(pg_ref);
+    double ep = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) ep += (a[i] - b[i]) * (a[i] - b[i]);
+    ep = std::sqrt(ep);
+    const double c = double(hook_terms(spe) - reals), gamma = 2.0 * double(n + hook_terms(spe) + 2) * test::unit_roundoff<float>();
+    const double jq = gradient_jacobian_norm(spe, qd, role::query, head, first), jk = gradient_jacobian_norm(spe, kd, role::key, head, first);
+    const double bp = 2.0 * (jq * (ref.bound_dq + c * gamma * ref.exact.dq.norm()) + jk * (ref.bound_dk + c * gamma * ref.exact.dk.norm()));
+    CAPTURE(ep, bp);
+    REQUIRE(ep <= bp);
+}
+
+template <class S>
+conv_spe<S> with_window(conv_spe<S> spe, index samples, std::uint64_t seed)
+{
+    auto r = spe.realization();
+    r.noise = spe_test::gaussian<S>(spe.heads() * spe.dim() * spe.realizations(), samples, seed);
+    spe.set_realization(r);
+    return spe;
+}
+} // namespace
+
+TEST_CASE("SPE backward in float: within the derived bound of the double backward", "[spe][backward][float]")
+{
+    for (const bool gated : {false, true})
+        for (const masking mask : {masking::none, masking::causal})
+            for (const linrpe::index first : {linrpe::index(0), linrpe::index(100003)}) {
+                CAPTURE(gated, int(mask), first);
+                check_float(make_sine<float>(gated), mask, first);
+                check_float(with_window(make_conv<float>(gated, 20), first + 129 + 19, 40), mask, first);
+            }
 }
