@@ -25,6 +25,9 @@ using positional::sine_spe;
 
 constexpr index heads = 2, dim = 3, reals = 6, sines = 2, values = 3;
 
+// Captured errors of double runs need more than Catch's default 10 digits to be readable.
+const bool digits_set = (Catch::StringMaker<double>::precision = 17, true);
+
 template <class Spe>
 using attention_of = linear_attention<feature_maps::elu_plus_one, Spe, typename Spe::scalar_type>;
 
@@ -330,4 +333,265 @@ TEST_CASE("SPE backward in float: within the derived bound of the double backwar
                 check_float(make_sine<float>(gated), mask, first);
                 check_float(with_window(make_conv<float>(gated, 20), first + 129 + 19, 40), mask, first);
             }
+}
+
+namespace {
+constexpr index batch = 2, tokens = 150;
+
+// Batched (B, H, N, ·) inputs and a call of the batched forward or backward of attention_of<Spe> (double).
+struct batched_inputs {
+    row_matrix<double> q = test::uniform<double>(batch * heads * tokens, dim, 31, 0.5),
+                       k = test::uniform<double>(batch * heads * tokens, dim, 32, 0.5),
+                       v = test::uniform<double>(batch * heads * tokens, values, 33),
+                       dout = test::uniform<double>(batch * heads * tokens, values, 34);
+    static tensor_view<const double> in(const row_matrix<double>& x) { return view_bhnd(x.data(), batch, heads, tokens, x.cols()); }
+    static tensor_view<double> out(row_matrix<double>& x) { return view_bhnd(x.data(), batch, heads, tokens, x.cols()); }
+
+    template <class Spe>
+    row_matrix<double> forward(const attention_of<Spe>& attn, index first) const
+    {
+        row_matrix<double> o(q.rows(), values);
+        attn.forward(in(q), in(k), in(v), out(o), first);
+        return o;
+    }
+    template <class Spe>
+    row_matrix<double> backward(const attention_of<Spe>& attn, index first, typename Spe::parameter_gradients& pg) const
+    {
+        row_matrix<double> dq(q.rows(), dim), dk(k.rows(), dim), dv(v.rows(), values);
+        attn.backward(in(q), in(k), in(v), in(dout), out(dq), out(dk), out(dv), first, nullptr, &pg);
+        return dq;
+    }
+};
+
+template <class Spe>
+attention_of<Spe> with_threads(const Spe& spe, masking mask, int threads)
+{
+    options<double> opt = fd_options(mask);
+    opt.threads = threads;
+    return attention_of<Spe>({}, spe, opt);
+}
+
+template <class Spe>
+void check_threads(const Spe& spe)
+{
+    const batched_inputs in;
+    for (const masking mask : {masking::none, masking::causal}) {
+        CAPTURE(int(mask));
+        auto pg = spe.make_parameter_gradients();
+        const row_matrix<double> dq = in.backward(with_threads(spe, mask, 1), 7, pg);
+        for (const int threads : {2, 3}) {
+            CAPTURE(threads);
+            auto other = spe.make_parameter_gradients();
+            REQUIRE(test::bit_identical(in.backward(with_threads(spe, mask, threads), 7, other), dq));
+            REQUIRE(flat_of(other) == flat_of(pg)); // bit for bit (no NaNs here)
+        }
+        auto twice = pg;
+        in.backward(with_threads(spe, mask, 2), 7, twice); // accumulates: exactly 2·pg
+        std::vector<double> doubled = flat_of(pg);
+        for (double& x : doubled) x *= 2;
+        REQUIRE(flat_of(twice) == doubled);
+    }
+}
+
+// Realization export → import: a second encoding, drawn from another seed, given the first one's parameters and
+// realization, computes the same bits (batched, causal; positions from 7).
+template <class Spe, class Copy>
+void check_round_trip(const Spe& a, Spe b, const Copy& copy_parameters)
+{
+    const batched_inputs in;
+    copy_parameters(a, b);
+    const row_matrix<double> ya = in.forward(with_threads(a, masking::causal, 1), 7);
+    REQUIRE_FALSE(test::bit_identical(in.forward(with_threads(b, masking::causal, 1), 7), ya)); // other noise
+    b.set_realization(a.realization());
+    REQUIRE(test::bit_identical(in.forward(with_threads(b, masking::causal, 1), 7), ya));
+}
+
+// A realization set by hand: the same bits for 1 and 3 threads; the decoder (prefill of 9 tokens, then steps)
+// equals the batched causal call up to the summation order of the causal state (<= (N + M)·eps, as in
+// test_spe_attention.cpp).
+template <class Spe>
+void check_threads_and_decoder(const Spe& spe)
+{
+    const batched_inputs in;
+    const row_matrix<double> y = in.forward(with_threads(spe, masking::causal, 1), 0);
+    REQUIRE(test::bit_identical(in.forward(with_threads(spe, masking::causal, 3), 0), y));
+    const auto attn = with_threads(spe, masking::causal, 1);
+    auto dec = attn.decoder(batch, heads);
+    const auto window = [&](const row_matrix<double>& m, index t0, index len) {
+        const index c = m.cols();
+        return tensor_view<const double>(m.data() + t0 * c, batch, heads, len, c, heads * tokens * c, tokens * c, c);
+    };
+    row_matrix<double> streamed(y.rows(), values);
+    const auto out_window = [&](index t0, index len) {
+        return tensor_view<double>(streamed.data() + t0 * values, batch, heads, len, values, heads * tokens * values, tokens * values, values);
+    };
+    const index pre = 9;
+    dec.prefill(window(in.q, 0, pre), window(in.k, 0, pre), window(in.v, 0, pre), out_window(0, pre));
+    for (index t = pre; t < tokens; ++t) dec.step(window(in.q, t, 1), window(in.k, t, 1), window(in.v, t, 1), out_window(t, 1));
+    const double err = spe_test::rel_frobenius(streamed, y), tol = double(tokens + reals) * std::numeric_limits<double>::epsilon();
+    CAPTURE(err, tol);
+    REQUIRE(err <= tol);
+}
+
+// The message of the linrpe::error `call` throws ("" when it throws none).
+template <class F>
+std::string error_of(const F& call)
+{
+    try {
+        call();
+    } catch (const linrpe::error& err) {
+        return err.what();
+    }
+    return "";
+}
+} // namespace
+
+TEST_CASE("SPE batched parameter gradients: bit-identical for 1, 2 and 3 threads, accumulated", "[spe][backward][threads]")
+{
+    check_threads(make_sine<double>(true));
+    check_threads(make_conv<double>(true, 20));
+}
+
+TEST_CASE("SPE realizations as data: export → import, the documented formula, threads and the decoder", "[spe][realization]")
+{
+    SECTION("export → import reproduces the outputs bit for bit")
+    {
+        check_round_trip(make_sine<double>(true), sine_spe<double>(heads, dim, sines, reals, 99, true), [](const auto& a, auto& b) {
+            b.set_parameters(a.freqs, a.offsets, a.gains);
+            b.set_gate(a.gate);
+        });
+        const auto copy_filters = [](const auto& a, auto& b) {
+            b.set_filters(a.query_filter, a.key_filter);
+            b.set_gate(a.gate);
+        };
+        check_round_trip(make_conv<double>(true, 20), conv_spe<double>(heads, dim, 20, reals, 99, true), copy_filters);
+        check_round_trip(with_window(make_conv<double>(true, 20), tokens + 7 + 19, 41), conv_spe<double>(heads, dim, 20, reals, 99, true),
+                         copy_filters);
+    }
+    SECTION("a realization set by hand gives the codes of the documented formula (exact reference)")
+    {
+        // sineSPE at positions 100003.. and convSPE (explicit window, exactly as long as the positions need) at
+        // 5..; head 1, causal, `sum`. Codes from the formulas of sine_spe_realization / conv_spe_realization in
+        // double (sine phases in long double: 2π f m at m ~ 1e5 would lose 1e-11 in double), then φ = elu + 1
+        // and reference::kernel_attention. Bound: test::error_bound with the codes' products added to the
+        // nested sums (each ψ entry is φ of a sum of code_terms products, elu' <= 1).
+        const linrpe::index n = 40, head = 1, w = 20;
+        auto sine = make_sine<double>(true);
+        sine.set_realization({spe_test::gaussian<double>(heads * dim * 2 * sines, reals, 51), spe_test::gaussian<double>(heads * dim, reals, 52)});
+        const auto conv = with_window(make_conv<double>(true, w), 5 + n + w - 1, 53);
+        const double scale = std::pow(double(reals * dim), -0.25);
+        const auto gate_of = [](double a) { return 1.0 / (1.0 + std::exp(-a)); };
+        const auto elu1 = [](const row_matrix<double>& u) { return (u.array() > 0).select(u.array() + 1, u.array().exp()).matrix().eval(); };
+        const row_matrix<double> q = test::uniform<double>(n, dim, 61, 0.5), k = test::uniform<double>(n, dim, 62, 0.5),
+                                 v = test::uniform<double>(n, values, 63);
+        row_matrix<double> causal = row_matrix<double>::Zero(n, n);
+        for (linrpe::index i = 0; i < n; ++i) causal.row(i).head(i + 1).setOnes();
+        const auto check = [&](const auto& spe, linrpe::index first, const auto& code_entry, linrpe::index terms) {
+            row_matrix<double> uq = row_matrix<double>::Zero(n, reals), uk = uq;
+            for (linrpe::index i = 0; i < n; ++i)
+                for (linrpe::index d = 0; d < dim; ++d)
+                    for (linrpe::index r = 0; r < reals; ++r) {
+                        uq(i, r) += q(i, d) * code_entry(role::query, first + i, d, r);
+                        uk(i, r) += k(i, d) * code_entry(role::key, first + i, d, r);
+                    }
+            const row_matrix<double> psi = elu1(uq), kappa = elu1(uk);
+            const options<double> opt = fd_options(masking::causal);
+            const row_matrix<double> ref = reference::kernel_attention(psi, kappa, v, causal, opt.norm, opt.eps);
+            const row_matrix<double> got = attention_of<std::decay_t<decltype(spe)>>({}, spe, opt)(q, k, v, head, first);
+            const double err = test::abs_error(got, ref),
+                         bound = test::error_bound(psi, kappa, causal, v, opt.norm, opt.eps, test::unit_roundoff<double>(),
+                                                   terms + reals + n + opt.chunk_size + 4);
+            CAPTURE(err, bound);
+            REQUIRE(err <= bound);
+        };
+        const auto sine_r = sine.realization();
+        check(sine, 100003,
+              [&](role which, linrpe::index m, linrpe::index d, linrpe::index r) {
+                  const linrpe::index row = head * dim + d;
+                  const double g = gate_of(sine.gate(head, d));
+                  double c = std::sqrt(g) * scale * sine_r.gate_noise(row, r);
+                  for (linrpe::index kk = 0; kk < sines; ++kk) {
+                      // f = σ(a_f)/2 rounded to double as the encoding evaluates it (its phases are exact for
+                      // that f; a differently rounded f would move the phase by 2π·m·ulp(f) ~ 1e-11 here).
+                      const double a = sine.freqs(row, kk);
+                      const long double f = 0.5 * (a >= 0 ? 1.0 / (1.0 + std::exp(-a)) : std::exp(a) / (1.0 + std::exp(a)));
+                      const long double phase = 6.283185307179586476925286766559L * f * (long double)m +
+                                                (which == role::query ? (long double)sine.offsets(row, kk) : 0.0L);
+                      const double lambda = std::log1p(std::exp(sine.gains(row, kk)));
+                      c += std::sqrt((1 - g) / double(2 * sines)) * scale * lambda *
+                           (double(std::cos(phase)) * sine_r.noise(row * 2 * sines + 2 * kk, r) +
+                            double(std::sin(phase)) * sine_r.noise(row * 2 * sines + 2 * kk + 1, r));
+                  }
+                  return c;
+              },
+              code_terms(sine));
+        const auto conv_r = conv.realization();
+        check(conv, 5,
+              [&](role which, linrpe::index m, linrpe::index d, linrpe::index r) {
+                  const linrpe::index row = head * dim + d;
+                  const double g = gate_of(conv.gate(head, d));
+                  const auto& filter = which == role::query ? conv.query_filter : conv.key_filter;
+                  double c = std::sqrt(g) * scale * conv_r.gate_noise(row, r);
+                  for (linrpe::index j = 0; j < w; ++j) c += std::sqrt(1 - g) * scale * filter(row, j) * conv_r.noise(row * reals + r, m + j);
+                  return c;
+              },
+              code_terms(conv));
+        // One position past the window is refused.
+        REQUIRE(error_of([&] { attention_of<conv_spe<double>>({}, conv, fd_options(masking::causal))(q, k, v, head, 6); })
+                    .find("last position") != std::string::npos);
+    }
+    SECTION("a realization set by hand: the same bits for 1 and 3 threads, and the decoder")
+    {
+        auto sine = make_sine<double>(true);
+        sine.set_realization({spe_test::gaussian<double>(heads * dim * 2 * sines, reals, 71), spe_test::gaussian<double>(heads * dim, reals, 72)});
+        check_threads_and_decoder(sine);
+        check_threads_and_decoder(with_window(make_conv<double>(true, 20), tokens + 19, 73));
+    }
+}
+
+TEST_CASE("SPE: bad realization and parameter-gradient shapes throw linrpe::error naming the argument; nothing changes",
+          "[spe][errors]")
+{
+    const batched_inputs in;
+    auto sine = make_sine<double>(true);
+    auto conv = make_conv<double>(true, 20);
+    const row_matrix<double> ys = in.forward(with_threads(sine, masking::none, 1), 0), yc = in.forward(with_threads(conv, masking::none, 1), 0);
+    const auto r = sine.realization();
+    const auto bad_rows = [](row_matrix<double> m) { return row_matrix<double>(m.topRows(m.rows() - 1)); };
+    const auto non_finite = [](row_matrix<double> m) {
+        m(0, 0) = std::numeric_limits<double>::quiet_NaN();
+        return m;
+    };
+    REQUIRE(error_of([&] { sine.set_realization({bad_rows(r.noise), r.gate_noise}); }).find("sine_spe realization noise") != std::string::npos);
+    REQUIRE(error_of([&] { sine.set_realization({r.noise, row_matrix<double>(r.gate_noise.leftCols(reals - 1))}); })
+                .find("sine_spe realization gate_noise") != std::string::npos);
+    REQUIRE(error_of([&] { sine.set_realization({non_finite(r.noise), r.gate_noise}); }).find("sine_spe realization noise") != std::string::npos);
+    const auto rc = conv.realization();
+    const row_matrix<double> short_window = row_matrix<double>::Zero(heads * dim * reals, 19), wrong_rows = row_matrix<double>::Zero(5, 40);
+    REQUIRE(error_of([&] { conv.set_realization({rc.noise_seed, short_window, rc.gate_noise}); }).find("conv_spe realization noise") !=
+            std::string::npos);
+    REQUIRE(error_of([&] { conv.set_realization({rc.noise_seed, wrong_rows, rc.gate_noise}); }).find("conv_spe realization noise") !=
+            std::string::npos);
+    REQUIRE(error_of([&] { conv.set_realization({rc.noise_seed + 1, rc.noise, bad_rows(rc.gate_noise)}); })
+                .find("conv_spe realization gate_noise") != std::string::npos);
+    REQUIRE(test::bit_identical(in.forward(with_threads(sine, masking::none, 1), 0), ys));
+    REQUIRE(test::bit_identical(in.forward(with_threads(conv, masking::none, 1), 0), yc));
+    REQUIRE(conv.realization().noise_seed == rc.noise_seed);
+
+    // Parameter gradients of the wrong shape: refused before dq (or the gradient) is written.
+    auto pgs = sine.make_parameter_gradients();
+    pgs.gains.resize(heads * dim, sines + 1);
+    auto pgc = conv.make_parameter_gradients();
+    pgc.key_filter.resize(heads * dim - 1, 20);
+    row_matrix<double> dq = row_matrix<double>::Constant(in.q.rows(), dim, 7.0), dk(in.k.rows(), dim), dv(in.v.rows(), values);
+    const auto call = [&](const auto& attn, auto& pg) {
+        return error_of([&] {
+            attn.backward(in.in(in.q), in.in(in.k), in.in(in.v), in.in(in.dout), in.out(dq), in.out(dk), in.out(dv), 0, nullptr, &pg);
+        });
+    };
+    REQUIRE(call(with_threads(sine, masking::none, 1), pgs).find("sine_spe parameter_gradients.gains") != std::string::npos);
+    REQUIRE(call(with_threads(conv, masking::causal, 1), pgc).find("conv_spe parameter_gradients.key_filter") != std::string::npos);
+    REQUIRE((dq.array() == 7.0).all());
+    REQUIRE(pgs.freqs.isZero(0.0));
+    REQUIRE(pgc.query_filter.isZero(0.0));
 }
