@@ -305,48 +305,40 @@ public:
         }
         const head_phases hp = phases(head, which);
         // Per-entry sums over the rows: ∂L/∂φ and 2π m ∂L/∂φ per (d, k), Σ_m A ⊙ dB per column.
-        using array = Eigen::Array<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-        using row = Eigen::Array<double, 1, Eigen::Dynamic>;
-        row dphase = row::Zero(dk), dfreq = row::Zero(dk), ab = row::Zero(width);
-        const Eigen::Map<const row> wc(w.data(), dk), ws(w.data() + dk, dk);
+        std::vector<double> dphase(static_cast<std::size_t>(dk), 0.0), dfreq(dphase.size(), 0.0),
+            ab(static_cast<std::size_t>(width), 0.0);
         const index block = std::min<index>(n, block_rows);
         row_matrix<S> db(block, width); // (b, (2K+1)·D)
-        array cosine(block, dk), sine(block, dk), xs(block, dk), xb(block, m_dim), gc, gs, t; // (b, D·K), x_d repeated K
-        Eigen::Array<double, Eigen::Dynamic, 1> position(block);
         for (index i0 = 0; i0 < n; i0 += block) {
             const index rows = std::min(block, n - i0);
             db.topRows(rows).noalias() = du.middleRows(i0, rows) * y.transpose(); // (rows, width)
-            for_each_row(hp, first_position + i0, rows, [&](index i, const double* c, const double* sn) {
-                cosine.row(i) = Eigen::Map<const row>(c, dk);
-                sine.row(i) = Eigen::Map<const row>(sn, dk);
-                position[i] = static_cast<double>(first_position + i0 + i);
+            for_each_row(hp, first_position + i0, rows, [&](index i, const double* c, const double* s) {
+                const double position = static_cast<double>(first_position + i0 + i);
+                const S* b = db.row(i).data();
+                for (index d = 0; d < m_dim; ++d) {
+                    const double xv = static_cast<double>(x(i0 + i, d));
+                    double sum = 0;
+                    for (index k = 0; k < m_sines; ++k) {
+                        const index j = d * m_sines + k;
+                        const auto uj = static_cast<std::size_t>(j), us = static_cast<std::size_t>(dk + j);
+                        const double bc = static_cast<double>(b[j]), bs = static_cast<double>(b[dk + j]);
+                        const double gc = w[uj] * bc, gs = w[us] * bs; // dA of the cos and sin columns
+                        sum += gc * c[j] + gs * s[j];
+                        if (!grad) continue;
+                        const double t = xv * (gs * c[j] - gc * s[j]); // ∂L/∂φ
+                        dphase[uj] += t;
+                        dfreq[uj] += two_pi * position * t;
+                        ab[uj] += xv * c[j] * bc;
+                        ab[us] += xv * s[j] * bs;
+                    }
+                    if (gated) {
+                        const double bg = static_cast<double>(b[2 * dk + d]);
+                        sum += w[static_cast<std::size_t>(2 * dk + d)] * bg;
+                        if (grad) ab[static_cast<std::size_t>(2 * dk + d)] += xv * bg;
+                    }
+                    dx(i0 + i, d) = static_cast<S>(sum);
+                }
             });
-            // Whole-block array expressions (vectorized): dA = dB diag(w), dx = Σ_k (dA_c cos + dA_s sin) (+ gate).
-            const auto c = cosine.topRows(rows), sn = sine.topRows(rows);
-            const array bc = db.topRows(rows).leftCols(dk).template cast<double>().array(), // (rows, D·K)
-                bs = db.topRows(rows).middleCols(dk, dk).template cast<double>().array();
-            gc = bc.rowwise() * wc;
-            gs = bs.rowwise() * ws;
-            t = gc * c + gs * sn; // (rows, D·K) terms of dx
-            auto xr = xb.topRows(rows);
-            xr = x.middleRows(i0, rows).template cast<double>().array();
-            array dxb(rows, m_dim); // Σ over each group of K columns of t
-            Eigen::Map<Eigen::Array<double, Eigen::Dynamic, 1>>(dxb.data(), rows * m_dim) =
-                Eigen::Map<const array>(t.data(), rows * m_dim, m_sines).rowwise().sum();
-            if (gated) {
-                const array bg = db.topRows(rows).rightCols(m_dim).template cast<double>().array(); // (rows, D)
-                dxb += bg.rowwise() * Eigen::Map<const row>(w.data() + 2 * dk, m_dim);
-                if (grad) ab.tail(m_dim) += (xr * bg).colwise().sum();
-            }
-            dx.middleRows(i0, rows) = dxb.matrix().template cast<S>();
-            if (!grad) continue;
-            auto xsr = xs.topRows(rows);
-            for (index d = 0; d < m_dim; ++d) xsr.middleCols(d * m_sines, m_sines).colwise() = xr.col(d);
-            t = xsr * (gs * c - gc * sn); // ∂L/∂φ (rows, D·K)
-            dphase += t.colwise().sum();
-            dfreq += two_pi * (t.colwise() * position.head(rows)).colwise().sum();
-            ab.head(dk) += (xsr * c * bc).colwise().sum();
-            ab.segment(dk, dk) += (xsr * sn * bs).colwise().sum();
         }
         if (!grad) return;
         for (index d = 0; d < m_dim; ++d) {
@@ -357,15 +349,15 @@ public:
                 const auto uj = static_cast<std::size_t>(j);
                 const double af = static_cast<double>(freqs(head * m_dim + d, k));
                 const double al = static_cast<double>(gains(head * m_dim + d, k));
-                const double both = ab[j] + ab[dk + j]; // ⟨∂L/∂(λ-scaled code), unit code⟩
-                grad[j] += dfreq[j] * 0.5 * detail::spe_sigmoid(af) * detail::spe_sigmoid(-af);
-                if (which == role::query) grad[dk + j] += dphase[j];
+                const double both = ab[uj] + ab[static_cast<std::size_t>(dk + j)]; // ⟨∂L/∂(λ-scaled code), unit code⟩
+                grad[j] += dfreq[uj] * 0.5 * detail::spe_sigmoid(af) * detail::spe_sigmoid(-af);
+                if (which == role::query) grad[dk + j] += dphase[uj];
                 grad[2 * dk + j] += std::sqrt(positional) * both * detail::spe_sigmoid(al);
                 along_codes += lambda[uj] * both;
             }
             if (gated)
                 grad[3 * dk + d] += detail::spe_gate_gradient(static_cast<double>(gate(head, d)), along_codes,
-                                                              ab[2 * dk + d]);
+                                                              ab[static_cast<std::size_t>(2 * dk + d)]);
         }
     }
 
