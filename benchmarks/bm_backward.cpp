@@ -98,3 +98,67 @@ BENCHMARK_TEMPLATE(BM_backward_over_forward, masking::none)->Name("bwd_over_fwd_
 BENCHMARK_TEMPLATE(BM_backward_over_forward, masking::causal)->Name("bwd_over_fwd_causal")->Arg(1 << 14)->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_backward_scaling, masking::none)->Name("scaling_backward_noncausal")->Args({1 << 14, 1 << 16})->Iterations(7)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_backward_scaling, masking::causal)->Name("scaling_backward_causal")->Args({1 << 14, 1 << 16})->Iterations(7)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- SPE (issue 15): backward including parameter gradients / forward -----------------------------------
+//
+// Gated sineSPE (K = 5) and convSPE (W = 128) as in the papers' music models: D = E = 64, R = 64 realizations,
+// elu+1 on the R-wide codes (M = 64), float, B = 1. sineSPE with H = 8 heads; convSPE with H = 2, because its
+// forward alone is O(N·D·R·W) (≈ 26 GFLOP per head and role at N = 16k) plus N·D·R normals per role. The
+// backward recomputes each code block twice (features, then the hook's VJP) and adds one GEMM of the
+// forward's size (du Yᵀ for sine, du Zᵀ tiles for conv), so about 3× the encoding's work, plus the core's.
+namespace {
+constexpr index spe_realizations = 64;
+
+template <class Spe>
+struct spe_problem : bench::problem<float> {
+    using attention = linear_attention<feature_maps::elu_plus_one, Spe, float>;
+    std::vector<float> dout, dq, dk, dv;
+    workspace<float> ws;
+    attention attn;
+    typename Spe::parameter_gradients pg;
+
+    spe_problem(index h, index n, const Spe& spe, masking mask)
+        : bench::problem<float>(h, n, d_width), dout(bench::buffer<float>(1, h, n, d_width, 1.0f, 4)), dq(q.size()), dk(k.size()),
+          dv(v.size()), attn({}, spe, masked(mask)), pg(spe.make_parameter_gradients())
+    {
+    }
+    static options<float> masked(masking mask)
+    {
+        options<float> opt;
+        opt.mask = mask;
+        return opt;
+    }
+    void backward()
+    {
+        const auto in = [&](const std::vector<float>& x) { return view_bhnd(x.data(), 1, heads, n, width); };
+        const auto out = [&](std::vector<float>& x) { return view_bhnd(x.data(), 1, heads, n, width); };
+        attn.backward(in(q), in(k), in(v), in(dout), out(dq), out(dk), out(dv), 0, &ws, &pg);
+        benchmark::DoNotOptimize(pg);
+        benchmark::ClobberMemory();
+    }
+};
+
+template <class Spe>
+void spe_backward_over_forward(benchmark::State& state, index h, const Spe& spe, masking mask)
+{
+    spe_problem<Spe> p(h, state.range(0), spe, mask);
+    p.backward(); // sizes the workspace
+    bench::scaling_ratio(state, [&] { p.forward(p.attn); }, [&] { p.backward(); }, "bwd_over_fwd");
+}
+
+template <masking Mask>
+void BM_sine_spe_backward_over_forward(benchmark::State& state)
+{
+    spe_backward_over_forward(state, n_heads, positional::sine_spe<float>(n_heads, d_width, 5, spe_realizations, 1, true), Mask);
+}
+template <masking Mask>
+void BM_conv_spe_backward_over_forward(benchmark::State& state)
+{
+    spe_backward_over_forward(state, 2, positional::conv_spe<float>(2, d_width, 128, spe_realizations, 1, true), Mask);
+}
+} // namespace
+
+BENCHMARK_TEMPLATE(BM_sine_spe_backward_over_forward, masking::none)->Name("spe_sine_k5_bwd_over_fwd_noncausal")->Arg(1 << 14)->Iterations(5)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_sine_spe_backward_over_forward, masking::causal)->Name("spe_sine_k5_bwd_over_fwd_causal")->Arg(1 << 14)->Iterations(5)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_conv_spe_backward_over_forward, masking::none)->Name("spe_conv_w128_bwd_over_fwd_noncausal")->Arg(1 << 14)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_conv_spe_backward_over_forward, masking::causal)->Name("spe_conv_w128_bwd_over_fwd_causal")->Arg(1 << 14)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -88,6 +88,22 @@ void spe_set_gate(const char* argument, const Eigen::MatrixBase<Derived>& logits
     gated = true;
 }
 
+/// Shape check of a caller's gradient member or realization matrix: (rows, cols), else linrpe::error naming `argument`.
+template <class M>
+void spe_require_shape(const char* argument, const M& m, index rows, index cols)
+{
+    if (m.rows() != rows || m.cols() != cols) fail(argument, shape(rows, cols), shape(m.rows(), m.cols()));
+}
+
+/// ∂L/∂a_g of one (head, d) from the two halves of a gated code c = √(1 − g)·c_pos + √g·c_eps: `positional`
+/// = ⟨∂L/∂c, c_pos⟩ and `positionless` = ⟨∂L/∂c, c_eps⟩. With g = σ(a): ∂√(1 − g)/∂a = −½ g √(1 − g) and
+/// ∂√g/∂a = ½ (1 − g) √g.
+inline double spe_gate_gradient(double logit, double positional, double positionless)
+{
+    const double g = spe_sigmoid(logit), one_minus = spe_sigmoid(-logit);
+    return 0.5 * (one_minus * std::sqrt(g) * positionless - g * std::sqrt(one_minus) * positional);
+}
+
 /// Positions first .. first + count − 1 must be >= 0 and representable (no int64 overflow of the last one).
 inline void spe_check_positions(index first, index count)
 {

@@ -22,6 +22,29 @@ namespace positional {
 /// How conv_spe correlates noise with its filters: by cost (`automatic`), directly, or by FFT.
 enum class conv_algorithm { automatic, direct, fft };
 
+/// \brief One realization of positional::conv_spe: the white-noise field Z behind the codes and the gate's ε.
+///
+///     noise_seed  the key of the counter-based field: Z_{h,d,r}(t) is normal t of the Philox stream
+///                 (noise_seed, purpose::spe_noise, h, d, r), t = 0, 1, … the absolute noise position, drawn by
+///                 detail::spe_fill_noise (block t/4 of Philox4x32-10; words (0, 1) give normals 4b, 4b + 1 and
+///                 words (2, 3) give 4b + 2, 4b + 3 by Box–Muller on u = (⌊w/2⁹⌋ + ½)·2⁻²³)
+///     noise       empty: the field above; otherwise an explicit finite window (H·D·R, T), row (h·D + d)·R + r,
+///                 column t = Z_{h,d,r}(t), which then replaces the field (positions m <= T − W only)
+///     gate_noise  ε (H·D, R): row h·D + d, shared by queries and keys and by every position (used when gated)
+///
+/// The codes are Q̄'_d(m, r) = √(1 − g_d) (R·D)^{−1/4} Σ_{j<W} φ_Q[d, j] Z_{d,r}(m + j) + √g_d (R·D)^{−1/4} ε_{d,r}
+/// (keys: φ_K; ungated: g = 0), as in conv_spe. Why a seed and not a tensor: the field has a sample at every
+/// position a stream may reach (up to 2^63), so no finite tensor holds it; its key is an exact O(1) description
+/// that any block of positions, thread count or decoder step evaluates the same. The explicit window is for
+/// noise drawn elsewhere: the reference's Z[r, h·D + d, t] (shape (R, H·D, N + 4W), crop offset W) is
+/// noise((h·D + d)·R + r, t') = Z[r, h·D + d, W + t'], T = N + W − 1 for N positions. It costs H·D·R·T values.
+template <class Scalar>
+struct conv_spe_realization {
+    std::uint64_t noise_seed = 0;  ///< key of the noise field (used when `noise` is empty)
+    row_matrix<Scalar> noise;      ///< empty, or the explicit window (H·D·R, T >= W)
+    row_matrix<Scalar> gate_noise; ///< ε (H·D, R)
+};
+
 /// \brief convSPE (Liutkus, Cífka, Wu, Şimşekli, Yang, Richard, *Relative Positional Encoding for
 /// Transformers with Linear Complexity*, ICML 2021): codes are valid cross-correlations of white noise with
 /// learned filters φ_Q, φ_K of W taps per (head, dimension).
@@ -34,7 +57,8 @@ enum class conv_algorithm { automatic, direct, fft };
 ///
 /// The noise Z_{d,r}(t) is the counter-based stream (seed, spe_noise, head, d, r) at index t (the absolute
 /// noise position), so any block of positions is produced on its own: batched calls, decoder steps and
-/// any thread count see the same realization, fixed until redraw(). Per block of b positions and per d,
+/// any thread count see the same realization, fixed until redraw() or set_realization() (realization() returns
+/// it as data: conv_spe_realization documents the layout, the formula and an explicit finite-window option). Per block of b positions and per d,
 /// the b + W − 1 noise samples of the R realizations are drawn and correlated with diag(x_d)·φ: for W < 16 by
 /// shifted axpys, for 16 <= W < 768 as GEMMs with banded Toeplitz tiles (t, t + W − 1), t = min(W, 64), and
 /// for W >= 768 by FFT (O(L log L) per realization, L ≥ b + W − 1). Time O(N·D·R·W) (FFT: O(N·D·R·log L))
@@ -43,6 +67,12 @@ enum class conv_algorithm { automatic, direct, fft };
 /// Parameters are in the reference layout (H, D, W) flattened to (H·D, W), row h·D + d. Load trained values
 /// with the validated setters set_filters and set_gate (shapes and finiteness checked on set, nothing
 /// changed on failure); the data members stay public for compatibility and are checked at every call.
+///
+/// Training (docs/design.md §16): encode_pre_backward gives dx = Σ_r du[r] Q̄'_d(m, r) and, for the fixed
+/// realization, the gradients of φ_Q (from query rows), φ_K (key rows) and a_g (when gated) in
+/// parameter_gradients. Per block and d it forms H[i, j] = Σ_r du[i, r] Z_{d,r}(m_i + j) (b, W) by the same
+/// banded GEMM tiles as the forward (shifted products for W < 16); then dx = c·Hφ and ∂L/∂φ = c·xᵀH: about one
+/// encode_pre of time (the FFT path is not used backward: O(N·D·R·W) also for W >= 768), O(b·W) extra memory.
 /// \tparam Scalar float or double (filters, noise and codes).
 template <class Scalar = float>
 class conv_spe {
@@ -82,9 +112,28 @@ public:
     void redraw(std::uint64_t seed)
     {
         m_seed = seed;
+        m_window.resize(0, 0);
         m_gate_noise = detail::spe_gate_noise<Scalar>(seed, m_heads, m_dim, m_realizations);
     }
-    /// Changes R and redraws with the current seed.
+    /// The realization in use (a copy; conv_spe_realization documents the layout and the formula).
+    conv_spe_realization<Scalar> realization() const { return {m_seed, m_window, m_gate_noise}; }
+    /// \brief Installs a realization: gate_noise (H·D, R) with the current R, noise empty or (H·D·R, T >= W),
+    /// all finite; throws linrpe::error naming the member before changing anything.
+    void set_realization(const conv_spe_realization<Scalar>& r)
+    {
+        detail::spe_require_parameter("conv_spe realization gate_noise (epsilon)", r.gate_noise, m_heads * m_dim, m_realizations);
+        if (r.noise.rows() != 0 || r.noise.cols() != 0) {
+            if (r.noise.rows() != m_heads * m_dim * m_realizations || r.noise.cols() < m_width)
+                detail::fail("conv_spe realization noise (explicit window Z)",
+                             detail::concat("empty or ", detail::shape(m_heads * m_dim * m_realizations, m_width), " or wider"),
+                             detail::shape(r.noise.rows(), r.noise.cols()));
+            detail::require_all_finite("conv_spe realization noise (explicit window Z)", r.noise);
+        }
+        m_seed = r.noise_seed;
+        m_window = r.noise;
+        m_gate_noise = r.gate_noise;
+    }
+    /// Changes R and redraws with the current seed (a realization set by hand is replaced).
     void set_realizations(index realizations)
     {
         detail::require_positive("conv_spe realizations (R)", realizations);
@@ -143,8 +192,17 @@ public:
     bool preserves_positivity(index /*max_offset*/) const { return true; }
     /// φ receives R-wide rows.
     index pre_output_dim(index /*input_dim*/) const { return m_realizations; }
-    /// Positions must be >= 0: the noise is indexed by the absolute position as an unsigned counter.
-    void check_positions(index first_position, index count) const { detail::spe_check_positions(first_position, count); }
+    /// Positions must be >= 0: the noise is indexed by the absolute position as an unsigned counter. With an
+    /// explicit noise window of T samples, the last position must be <= T − W.
+    void check_positions(index first_position, index count) const
+    {
+        detail::spe_check_positions(first_position, count);
+        if (m_window.size() > 0 && count > 0 && first_position + count - 1 > m_window.cols() - m_width)
+            detail::fail("first_position + rows − 1 (last position)",
+                         detail::concat("a value <= ", m_window.cols() - m_width, " (explicit noise window of ", m_window.cols(),
+                                        " samples, W = ", m_width, ")"),
+                         detail::concat(first_position, " + ", count - 1));
+    }
 
     /// Throws linrpe::error for a width other than D, a head out of range or non-finite parameters of `head`.
     void check_input(index input_dim, index head) const
@@ -224,9 +282,7 @@ public:
                 detail::spe_gate_weights(gated, gate, head, d, positional, positionless);
                 const double coef = std::sqrt(positional) * scale;
                 for (index j = 0; j < w; ++j) taps[j] = static_cast<S>(coef * static_cast<double>(filters(head * m_dim + d, j)));
-                for (index r = 0; r < r_count; ++r)
-                    detail::spe_fill_noise(noise_stream(head, d, r), static_cast<std::uint64_t>(first_position + i0),
-                                           noise.col(r).data(), samples, scratch);
+                draw_noise(head, d, first_position + i0, samples, noise, scratch);
                 const auto xd = x.col(d).segment(i0, rows);
                 if (toeplitz) {
                     for (index t0 = 0; t0 < rows; t0 += tile) {
@@ -267,6 +323,111 @@ public:
         }
     }
 
+    // ---- training (docs/design.md §16) ----------------------------------------------------------------------
+
+    /// ∂L/∂ of the learnable parameters, with their shapes, in double; gate stays 0 while not gated.
+    struct parameter_gradients {
+        row_matrix<double> query_filter; ///< ∂L/∂φ_Q (H·D, W)
+        row_matrix<double> key_filter;   ///< ∂L/∂φ_K (H·D, W)
+        row_matrix<double> gate;         ///< ∂L/∂a_g (H, D)
+    };
+    parameter_gradients make_parameter_gradients() const
+    {
+        const index rows = m_heads * m_dim;
+        return {row_matrix<double>::Zero(rows, m_width), row_matrix<double>::Zero(rows, m_width), row_matrix<double>::Zero(m_heads, m_dim)};
+    }
+    /// One head's flat gradient: [φ_Q (D, W) | φ_K (D, W) | a_g (D)], each row-major.
+    index gradient_size() const { return 2 * m_dim * m_width + m_dim; }
+    void add_gradients(index head, const double* flat, parameter_gradients& pg) const
+    {
+        using map = Eigen::Map<const row_matrix<double>>;
+        const index dw = m_dim * m_width;
+        pg.query_filter.middleRows(head * m_dim, m_dim) += map(flat, m_dim, m_width);
+        pg.key_filter.middleRows(head * m_dim, m_dim) += map(flat + dw, m_dim, m_width);
+        pg.gate.row(head) += map(flat + 2 * dw, 1, m_dim);
+    }
+    /// Throws linrpe::error naming the member whose shape differs from make_parameter_gradients().
+    void validate_gradients(const parameter_gradients& pg) const
+    {
+        detail::spe_require_shape("conv_spe parameter_gradients.query_filter", pg.query_filter, m_heads * m_dim, m_width);
+        detail::spe_require_shape("conv_spe parameter_gradients.key_filter", pg.key_filter, m_heads * m_dim, m_width);
+        detail::spe_require_shape("conv_spe parameter_gradients.gate", pg.gate, m_heads, m_dim);
+    }
+
+    /// \brief VJP of encode_pre: dx (n, D) = Σ_r du[·, r] Q̄'_d(m, r) (K̄' for keys), and, when grad is not
+    /// null, ADDS head `head`'s parameter gradient for this realization to grad[0, gradient_size()).
+    ///
+    /// With c_d = √(1 − g_d)(R·D)^{−1/4}, H[i, j] = Σ_r du[i, r] Z_{d,r}(m_i + j) and E[i, d] = (R·D)^{−1/4}
+    /// Σ_r du[i, r] ε_{d,r}: dx[i, d] = c_d (Hφ_d)[i] + √g_d E[i, d]; ∂L/∂φ_d = c_d x_dᵀ H; the gate's halves are
+    /// (R·D)^{−1/4} x_dᵀ Hφ_d (positional) and x_dᵀ E[·, d] (positionless).
+    template <class S>
+    void encode_pre_backward(const Eigen::Ref<const row_matrix<S>>& x, const Eigen::Ref<const row_matrix<S>>& du,
+                             Eigen::Ref<row_matrix<S>> dx, index first_position, index head, role which, double* grad) const
+    {
+        const index n = x.rows(), w = m_width, r_count = m_realizations;
+        if (n == 0) return;
+        const index block = std::min<index>(n, std::max<index>(direct_block_rows, 8 * w));
+        const index tile = std::min(block, std::min<index>(w, toeplitz_tile_rows));
+        const bool toeplitz = w >= toeplitz_min_width;
+        const matrix& filters = which == role::query ? query_filter : key_filter;
+        const double scale = detail::spe_code_scale(r_count, m_dim);
+        const index offset = which == role::query ? 0 : m_dim * w; // this role's filter in grad
+
+        Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic> noise(block + w - 1, r_count); // (b + W − 1, R)
+        row_matrix<S> h(block, w), tile_products;                                        // (b, W)
+        if (toeplitz) tile_products.resize(tile, tile + w - 1);
+        Eigen::Matrix<S, Eigen::Dynamic, 1> hphi(block), taps(w);
+        Eigen::Matrix<S, 1, Eigen::Dynamic> xh(w);
+        row_matrix<S> eps_unit, e; // (D, R) (R·D)^{−1/4} ε; (b, D) E
+        if (gated) eps_unit = (m_gate_noise.middleRows(head * m_dim, m_dim).template cast<double>() * scale).template cast<S>();
+        std::vector<double> positional_half(static_cast<std::size_t>(m_dim), 0.0), positionless_half(positional_half.size(), 0.0);
+        detail::spe_noise_scratch<S> scratch;
+
+        for (index i0 = 0; i0 < n; i0 += block) {
+            const index rows = std::min(block, n - i0), samples = rows + w - 1;
+            const auto dub = du.middleRows(i0, rows); // (rows, R)
+            if (gated) e.noalias() = dub * eps_unit.transpose(); // (rows, D)
+            for (index d = 0; d < m_dim; ++d) {
+                double positional, positionless;
+                detail::spe_gate_weights(gated, gate, head, d, positional, positionless);
+                const double coef = std::sqrt(positional) * scale;
+                draw_noise(head, d, first_position + i0, samples, noise, scratch);
+                auto hb = h.topRows(rows);
+                if (toeplitz) {
+                    for (index t0 = 0; t0 < rows; t0 += tile) {
+                        const index tr = std::min(tile, rows - t0);
+                        auto g = tile_products.topLeftCorner(tr, tr + w - 1);
+                        g.noalias() = dub.middleRows(t0, tr) * noise.middleRows(t0, tr + w - 1).transpose(); // (tr, tr + W − 1)
+                        for (index i = 0; i < tr; ++i) hb.row(t0 + i) = g.row(i).segment(i, w);
+                    }
+                } else {
+                    for (index j = 0; j < w; ++j)
+                        hb.col(j) = (dub.array() * noise.middleRows(j, rows).array()).rowwise().sum().matrix();
+                }
+                for (index j = 0; j < w; ++j) taps[j] = static_cast<S>(static_cast<double>(filters(head * m_dim + d, j)));
+                auto hp = hphi.head(rows);
+                hp.noalias() = hb * taps; // (rows): Σ_r du Σ_j φ_j Z(m + j) per row
+                const auto xd = x.col(d).segment(i0, rows);
+                for (index i = 0; i < rows; ++i) {
+                    double v = coef * static_cast<double>(hp[i]);
+                    if (gated) v += std::sqrt(positionless) * static_cast<double>(e(i, d));
+                    dx(i0 + i, d) = static_cast<S>(v);
+                }
+                if (!grad) continue;
+                xh.noalias() = xd.transpose() * hb; // (W)
+                for (index j = 0; j < w; ++j) grad[offset + d * w + j] += coef * static_cast<double>(xh[j]);
+                if (gated) {
+                    positional_half[static_cast<std::size_t>(d)] += scale * static_cast<double>(xd.dot(hp));
+                    positionless_half[static_cast<std::size_t>(d)] += static_cast<double>(xd.dot(e.col(d)));
+                }
+            }
+        }
+        if (grad && gated)
+            for (index d = 0; d < m_dim; ++d)
+                grad[2 * m_dim * w + d] += detail::spe_gate_gradient(static_cast<double>(gate(head, d)), positional_half[static_cast<std::size_t>(d)],
+                                                                      positionless_half[static_cast<std::size_t>(d)]);
+    }
+
     /// \brief The code Q̄'_d (which = query) or K̄'_d (key) of `head` at positions first_position..+count−1,
     /// as (count, R), scale and gate included: encode_pre of the unit vector e_d. For diagnostics and tests.
     matrix code(role which, index head, index d, index first_position, index count) const
@@ -290,6 +451,19 @@ private:
     static constexpr index toeplitz_min_width = 16;
     static constexpr index toeplitz_tile_rows = 64;
 
+    // noise.col(r).head(samples) = Z_{head,d,r}(first ..) for every r: the explicit window or the stream.
+    template <class S>
+    void draw_noise(index head, index d, index first, index samples, Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>& noise,
+                    detail::spe_noise_scratch<S>& scratch) const
+    {
+        for (index r = 0; r < m_realizations; ++r) {
+            if (m_window.size() > 0)
+                noise.col(r).head(samples) =
+                    m_window.row((head * m_dim + d) * m_realizations + r).segment(first, samples).transpose().template cast<S>();
+            else
+                detail::spe_fill_noise(noise_stream(head, d, r), static_cast<std::uint64_t>(first), noise.col(r).data(), samples, scratch);
+        }
+    }
     // The noise stream of (head, d, r): indexed by absolute noise position.
     random::philox_stream noise_stream(index head, index d, index r) const
     {
@@ -333,6 +507,7 @@ private:
     index m_heads, m_dim, m_width, m_realizations;
     std::uint64_t m_seed = 0;
     matrix m_gate_noise; // (H·D, R): ε
+    matrix m_window;     // empty, or the explicit noise window (H·D·R, T) of set_realization
 };
 
 } // namespace positional

@@ -18,6 +18,21 @@
 namespace linrpe {
 namespace positional {
 
+/// \brief One realization of positional::sine_spe: the noise behind the codes, in the reference layout.
+///
+///     noise       Z (H·D·2K, R): row (h·D + d)·2K + 2k is Z_{2k,·} (cos slot of sine k of head h, dimension d),
+///                 row (h·D + d)·2K + 2k + 1 is Z_{2k+1,·} (its sin slot); iid N(0, 1) when drawn by redraw()
+///     gate_noise  ε (H·D, R): row h·D + d, shared by queries and keys and by every position (used when gated)
+///
+/// The codes are Q̄'_d(m, r) = √(1 − g_d) (R·D)^{−1/4} Σ_k λ_k/√(2K) (cos(2π f_k m + θ_k) Z_{2k,r} +
+/// sin(2π f_k m + θ_k) Z_{2k+1,r}) + √g_d (R·D)^{−1/4} ε_{d,r} (keys: θ = 0; ungated: g = 0), as in sine_spe.
+/// The reference's Z[h, d, j, r] (shape (H, D, 2K, R)) flattened row-major is `noise`.
+template <class Scalar>
+struct sine_spe_realization {
+    row_matrix<Scalar> noise;      ///< Z (H·D·2K, R)
+    row_matrix<Scalar> gate_noise; ///< ε (H·D, R)
+};
+
 /// \brief sineSPE (Liutkus, Cífka, Wu, Şimşekli, Yang, Richard, *Relative Positional Encoding for
 /// Transformers with Linear Complexity*, ICML 2021): a pre-feature stage that mixes each query/key into
 /// R = `realizations` random features whose inner products carry a learned relative kernel per dimension.
@@ -33,14 +48,20 @@ namespace positional {
 /// positions): Q̄' = √(1 − g) Q̄ + √g (R·D)^{−1/4} ε, and the kernel becomes (1 − g) P + g.
 /// The feature map that follows sees R-wide rows (feature_maps::favor(R, M) gives its R^{−1/2} temperature).
 ///
-/// One realization (Z and ε) is fixed until redraw(); it serves every batch item, queries and keys, the
-/// batched call and the decoder. Codes are evaluated analytically at any absolute position, so streaming
+/// One realization (Z and ε) is fixed until redraw() or set_realization(); it serves every batch item, queries
+/// and keys, the batched call and the decoder. realization() returns it as data (sine_spe_realization: layout
+/// and formula there), set_realization() installs one drawn elsewhere (shapes and finiteness validated). Codes are evaluated analytically at any absolute position, so streaming
 /// needs no buffer. encode_pre is one GEMM per block of b positions, (b, (2K+1)·D) × ((2K+1)·D, R):
 /// O(N·K·D·R) time, O(b·K·D + K·D·R) extra memory; the (N, D, R) code tensor is never formed.
 ///
 /// Parameters are in the reference layout (H, D, K) flattened to (H·D, K), row h·D + d. Load trained values
 /// with the validated setters set_parameters and set_gate (shapes and finiteness checked on set, nothing
 /// changed on failure); the data members stay public for compatibility and are checked at every call.
+///
+/// Training (docs/design.md §16): encode_pre_backward gives dx = Σ_r du[r] Q̄'_d(m, r) and, for the fixed
+/// realization, the gradients of a_f, θ (queries only), a_λ and a_g (when gated), returned per head in
+/// parameter_gradients (the parameters' shapes, in double). Per block of 64 rows it recomputes the block's
+/// basis, one GEMM (b, R) × (R, (2K+1)·D) and O(b·K·D) sums: about twice encode_pre, no (N, D, R) codes.
 /// Phases f·p are reduced exactly (two-product in double) for positions up to 2^53 − 1; check_positions
 /// refuses later ones, whose position is no longer an exact double.
 /// \tparam Scalar float or double (parameters, noise and codes; phases are always computed in double).
@@ -95,7 +116,18 @@ public:
                 }
         m_gate_noise = detail::spe_gate_noise<Scalar>(seed, m_heads, m_dim, m_realizations);
     }
-    /// Changes R and redraws with the current seed.
+    /// The realization in use (a copy; sine_spe_realization documents the layout and the formula).
+    sine_spe_realization<Scalar> realization() const { return {m_noise, m_gate_noise}; }
+    /// \brief Installs a realization: noise (H·D·2K, R) and gate_noise (H·D, R) with the current R, finite;
+    /// throws linrpe::error naming the member before changing anything. seed() keeps the last redraw's seed.
+    void set_realization(const sine_spe_realization<Scalar>& r)
+    {
+        detail::spe_require_parameter("sine_spe realization noise (Z)", r.noise, m_heads * m_dim * 2 * m_sines, m_realizations);
+        detail::spe_require_parameter("sine_spe realization gate_noise (epsilon)", r.gate_noise, m_heads * m_dim, m_realizations);
+        m_noise = r.noise;
+        m_gate_noise = r.gate_noise;
+    }
+    /// Changes R and redraws with the current seed (a realization set by hand is replaced).
     void set_realizations(index realizations)
     {
         detail::require_positive("sine_spe realizations (R)", realizations);
@@ -189,48 +221,143 @@ public:
         const index dk = m_dim * m_sines;
         const index width = 2 * dk + (gated ? m_dim : 0); // columns of the left GEMM operand
         const row_matrix<S> z = scaled_noise<S>(head);     // (width, R)
-
-        // Per (d, k): the rotation by one position, and the query-side phase.
-        std::vector<double> step_c(static_cast<std::size_t>(dk)), step_s(step_c.size()), freq(step_c.size()),
-            phase(step_c.size()), c(step_c.size()), s(step_c.size());
-        for (index d = 0; d < m_dim; ++d)
-            for (index k = 0; k < m_sines; ++k) {
-                const auto i = static_cast<std::size_t>(d * m_sines + k);
-                freq[i] = 0.5 * detail::spe_sigmoid(static_cast<double>(freqs(head * m_dim + d, k)));
-                phase[i] = which == role::query ? static_cast<double>(offsets(head * m_dim + d, k)) : 0.0;
-                step_c[i] = std::cos(two_pi * freq[i]);
-                step_s[i] = std::sin(two_pi * freq[i]);
-            }
-
+        const head_phases hp = phases(head, which);
         const index block = std::min<index>(n, block_rows);
         row_matrix<S> a(block, width); // (b, (2K+1)·D): [x_d cos | x_d sin | x_d (gate)]
         for (index i0 = 0; i0 < n; i0 += block) {
             const index rows = std::min(block, n - i0);
-            // Each block starts from exact phases (f·p reduced mod 1 in double), then rotates position by
-            // position: the recurrence drifts by O(block·eps_double), far below float or double rounding of the GEMM.
-            for (std::size_t i = 0; i < c.size(); ++i) {
-                const double angle = two_pi * reduced(freq[i], first_position + i0) + phase[i];
-                c[i] = std::cos(angle);
-                s[i] = std::sin(angle);
-            }
-            for (index i = 0; i < rows; ++i) {
+            for_each_row(hp, first_position + i0, rows, [&](index i, const double* c, const double* s) {
                 S* row = a.row(i).data();
                 for (index d = 0; d < m_dim; ++d) {
                     const double xv = static_cast<double>(x(i0 + i, d));
                     for (index k = 0; k < m_sines; ++k) {
-                        const auto j = static_cast<std::size_t>(d * m_sines + k);
+                        const index j = d * m_sines + k;
                         row[j] = static_cast<S>(xv * c[j]);
-                        row[dk + static_cast<index>(j)] = static_cast<S>(xv * s[j]);
+                        row[dk + j] = static_cast<S>(xv * s[j]);
                     }
                     if (gated) row[2 * dk + d] = x(i0 + i, d);
                 }
-                for (std::size_t j = 0; j < c.size(); ++j) {
-                    const double cn = c[j] * step_c[j] - s[j] * step_s[j];
-                    s[j] = s[j] * step_c[j] + c[j] * step_s[j];
-                    c[j] = cn;
-                }
-            }
+            });
             out.middleRows(i0, rows).noalias() = a.topRows(rows) * z; // (rows, R)
+        }
+    }
+
+    // ---- training (docs/design.md §16) ----------------------------------------------------------------------
+
+    /// ∂L/∂ of the learnable parameters, with their shapes, in double; gate stays 0 while not gated.
+    struct parameter_gradients {
+        row_matrix<double> freqs;   ///< ∂L/∂a_f (H·D, K)
+        row_matrix<double> offsets; ///< ∂L/∂θ (H·D, K)
+        row_matrix<double> gains;   ///< ∂L/∂a_λ (H·D, K)
+        row_matrix<double> gate;    ///< ∂L/∂a_g (H, D)
+    };
+    parameter_gradients make_parameter_gradients() const
+    {
+        const index rows = m_heads * m_dim;
+        return {row_matrix<double>::Zero(rows, m_sines), row_matrix<double>::Zero(rows, m_sines),
+                row_matrix<double>::Zero(rows, m_sines), row_matrix<double>::Zero(m_heads, m_dim)};
+    }
+    /// One head's flat gradient: [a_f (D, K) | θ (D, K) | a_λ (D, K) | a_g (D)], each row-major.
+    index gradient_size() const { return 3 * m_dim * m_sines + m_dim; }
+    void add_gradients(index head, const double* flat, parameter_gradients& pg) const
+    {
+        using map = Eigen::Map<const row_matrix<double>>;
+        const index dk = m_dim * m_sines;
+        pg.freqs.middleRows(head * m_dim, m_dim) += map(flat, m_dim, m_sines);
+        pg.offsets.middleRows(head * m_dim, m_dim) += map(flat + dk, m_dim, m_sines);
+        pg.gains.middleRows(head * m_dim, m_dim) += map(flat + 2 * dk, m_dim, m_sines);
+        pg.gate.row(head) += map(flat + 3 * dk, 1, m_dim);
+    }
+    /// Throws linrpe::error naming the member whose shape differs from make_parameter_gradients().
+    void validate_gradients(const parameter_gradients& pg) const
+    {
+        detail::spe_require_shape("sine_spe parameter_gradients.freqs", pg.freqs, m_heads * m_dim, m_sines);
+        detail::spe_require_shape("sine_spe parameter_gradients.offsets", pg.offsets, m_heads * m_dim, m_sines);
+        detail::spe_require_shape("sine_spe parameter_gradients.gains", pg.gains, m_heads * m_dim, m_sines);
+        detail::spe_require_shape("sine_spe parameter_gradients.gate", pg.gate, m_heads, m_dim);
+    }
+
+    /// \brief VJP of encode_pre: dx (n, D) = Σ_r du[·, r] Q̄'_d(m, r) (K̄' for keys), and, when grad is not
+    /// null, ADDS head `head`'s parameter gradient for this realization to grad[0, gradient_size()).
+    ///
+    /// With A = [x_d cos φ | x_d sin φ | x_d] (φ = 2π f m + θ), the codes' matrix diag(w) Y (Y the scaled noise,
+    /// w = √(1 − g)·λ on the sine rows and √g on the gate rows) and dB = du Yᵀ: dA = dB diag(w);
+    /// ∂L/∂φ = x (dA_s cos φ − dA_c sin φ) gives θ (sum over m) and f (sum of 2π m ∂L/∂φ), then a_f by
+    /// σ'(a_f)/2; Σ_m A ⊙ dB gives λ (times √(1 − g), then σ(a_λ) = softplus') and the gate's two halves.
+    template <class S>
+    void encode_pre_backward(const Eigen::Ref<const row_matrix<S>>& x, const Eigen::Ref<const row_matrix<S>>& du,
+                             Eigen::Ref<row_matrix<S>> dx, index first_position, index head, role which, double* grad) const
+    {
+        const index n = x.rows();
+        if (n == 0) return;
+        const index dk = m_dim * m_sines, width = 2 * dk + (gated ? m_dim : 0);
+        const row_matrix<S> y = unit_noise<S>(head); // (width, R)
+        std::vector<double> w(static_cast<std::size_t>(width)), lambda(static_cast<std::size_t>(dk));
+        for (index d = 0; d < m_dim; ++d) {
+            double positional, positionless;
+            detail::spe_gate_weights(gated, gate, head, d, positional, positionless);
+            for (index k = 0; k < m_sines; ++k) {
+                const index j = d * m_sines + k;
+                lambda[static_cast<std::size_t>(j)] = detail::spe_softplus(static_cast<double>(gains(head * m_dim + d, k)));
+                w[static_cast<std::size_t>(j)] = w[static_cast<std::size_t>(dk + j)] = std::sqrt(positional) * lambda[static_cast<std::size_t>(j)];
+            }
+            if (gated) w[static_cast<std::size_t>(2 * dk + d)] = std::sqrt(positionless);
+        }
+        const head_phases hp = phases(head, which);
+        // Per-entry sums over the rows: ∂L/∂φ and 2π m ∂L/∂φ per (d, k), Σ_m A ⊙ dB per column.
+        std::vector<double> dphase(static_cast<std::size_t>(dk), 0.0), dfreq(dphase.size(), 0.0),
+            ab(static_cast<std::size_t>(width), 0.0);
+        const index block = std::min<index>(n, block_rows);
+        row_matrix<S> db(block, width); // (b, (2K+1)·D)
+        for (index i0 = 0; i0 < n; i0 += block) {
+            const index rows = std::min(block, n - i0);
+            db.topRows(rows).noalias() = du.middleRows(i0, rows) * y.transpose(); // (rows, width)
+            for_each_row(hp, first_position + i0, rows, [&](index i, const double* c, const double* s) {
+                const double position = static_cast<double>(first_position + i0 + i);
+                const S* b = db.row(i).data();
+                for (index d = 0; d < m_dim; ++d) {
+                    const double xv = static_cast<double>(x(i0 + i, d));
+                    double sum = 0;
+                    for (index k = 0; k < m_sines; ++k) {
+                        const index j = d * m_sines + k;
+                        const auto uj = static_cast<std::size_t>(j), us = static_cast<std::size_t>(dk + j);
+                        const double bc = static_cast<double>(b[j]), bs = static_cast<double>(b[dk + j]);
+                        const double gc = w[uj] * bc, gs = w[us] * bs; // dA of the cos and sin columns
+                        sum += gc * c[j] + gs * s[j];
+                        if (!grad) continue;
+                        const double t = xv * (gs * c[j] - gc * s[j]); // ∂L/∂φ
+                        dphase[uj] += t;
+                        dfreq[uj] += two_pi * position * t;
+                        ab[uj] += xv * c[j] * bc;
+                        ab[us] += xv * s[j] * bs;
+                    }
+                    if (gated) {
+                        const double bg = static_cast<double>(b[2 * dk + d]);
+                        sum += w[static_cast<std::size_t>(2 * dk + d)] * bg;
+                        if (grad) ab[static_cast<std::size_t>(2 * dk + d)] += xv * bg;
+                    }
+                    dx(i0 + i, d) = static_cast<S>(sum);
+                }
+            });
+        }
+        if (!grad) return;
+        for (index d = 0; d < m_dim; ++d) {
+            double positional, positionless, along_codes = 0;
+            detail::spe_gate_weights(gated, gate, head, d, positional, positionless);
+            for (index k = 0; k < m_sines; ++k) {
+                const index j = d * m_sines + k;
+                const auto uj = static_cast<std::size_t>(j);
+                const double af = static_cast<double>(freqs(head * m_dim + d, k));
+                const double al = static_cast<double>(gains(head * m_dim + d, k));
+                const double both = ab[uj] + ab[static_cast<std::size_t>(dk + j)]; // ⟨∂L/∂(λ-scaled code), unit code⟩
+                grad[j] += dfreq[uj] * 0.5 * detail::spe_sigmoid(af) * detail::spe_sigmoid(-af);
+                if (which == role::query) grad[dk + j] += dphase[uj];
+                grad[2 * dk + j] += std::sqrt(positional) * both * detail::spe_sigmoid(al);
+                along_codes += lambda[uj] * both;
+            }
+            if (gated)
+                grad[3 * dk + d] += detail::spe_gate_gradient(static_cast<double>(gate(head, d)), along_codes,
+                                                              ab[static_cast<std::size_t>(2 * dk + d)]);
         }
     }
 
@@ -260,6 +387,48 @@ private:
         const double pd = static_cast<double>(p);
         const double hi = f * pd, lo = std::fma(f, pd, -hi);
         return detail::centered_fraction(detail::centered_fraction(hi) + lo);
+    }
+
+    // Per (d, k) of one head and role, index d·K + k: frequency f, phase (θ for queries, 0 for keys) and the
+    // rotation by one position.
+    struct head_phases {
+        std::vector<double> freq, phase, step_c, step_s;
+    };
+    head_phases phases(index head, role which) const
+    {
+        const auto dk = static_cast<std::size_t>(m_dim * m_sines);
+        head_phases hp{std::vector<double>(dk), std::vector<double>(dk), std::vector<double>(dk), std::vector<double>(dk)};
+        for (index d = 0; d < m_dim; ++d)
+            for (index k = 0; k < m_sines; ++k) {
+                const auto i = static_cast<std::size_t>(d * m_sines + k);
+                hp.freq[i] = 0.5 * detail::spe_sigmoid(static_cast<double>(freqs(head * m_dim + d, k)));
+                hp.phase[i] = which == role::query ? static_cast<double>(offsets(head * m_dim + d, k)) : 0.0;
+                hp.step_c[i] = std::cos(two_pi * hp.freq[i]);
+                hp.step_s[i] = std::sin(two_pi * hp.freq[i]);
+            }
+        return hp;
+    }
+    // row_fn(i, cos φ, sin φ) for rows i = 0..rows−1 at positions first + i, φ indexed d·K + k. The block starts
+    // from exact phases (f·p reduced mod 1 in double), then rotates position by position: the recurrence
+    // drifts by O(block·eps_double), far below float or double rounding of the GEMM.
+    template <class F>
+    void for_each_row(const head_phases& hp, index first, index rows, F&& row_fn) const
+    {
+        const std::size_t count = hp.freq.size();
+        std::vector<double> c(count), s(count);
+        for (std::size_t i = 0; i < count; ++i) {
+            const double angle = two_pi * reduced(hp.freq[i], first) + hp.phase[i];
+            c[i] = std::cos(angle);
+            s[i] = std::sin(angle);
+        }
+        for (index i = 0; i < rows; ++i) {
+            row_fn(i, c.data(), s.data());
+            for (std::size_t j = 0; j < count; ++j) {
+                const double cn = c[j] * hp.step_c[j] - s[j] * hp.step_s[j];
+                s[j] = s[j] * hp.step_c[j] + c[j] * hp.step_s[j];
+                c[j] = cn;
+            }
+        }
     }
 
     void check_entry(index head, index d) const
@@ -322,6 +491,25 @@ private:
                     (m_gate_noise.row(head * m_dim + d).template cast<double>() * (std::sqrt(positionless) * scale)).template cast<S>();
         }
         return z;
+    }
+
+    // scaled_noise without the learned factors: rows d·K + k and D·K + d·K + k are (R·D)^{−1/4}/√(2K) Z_{d,2k|2k+1},
+    // rows 2·D·K + d are (R·D)^{−1/4} ε_d; scaled_noise = diag(w) of it (w: √(1 − g)·λ, √g).
+    template <class S>
+    row_matrix<S> unit_noise(index head) const
+    {
+        const index dk = m_dim * m_sines, slots = 2 * m_sines;
+        const double scale = detail::spe_code_scale(m_realizations, m_dim), base = scale / std::sqrt(static_cast<double>(slots));
+        row_matrix<S> y(2 * dk + (gated ? m_dim : 0), m_realizations);
+        for (index d = 0; d < m_dim; ++d) {
+            for (index k = 0; k < m_sines; ++k) {
+                const index src = (head * m_dim + d) * slots + 2 * k;
+                y.row(d * m_sines + k) = (m_noise.row(src).template cast<double>() * base).template cast<S>();
+                y.row(dk + d * m_sines + k) = (m_noise.row(src + 1).template cast<double>() * base).template cast<S>();
+            }
+            if (gated) y.row(2 * dk + d) = (m_gate_noise.row(head * m_dim + d).template cast<double>() * scale).template cast<S>();
+        }
+        return y;
     }
 
     index m_heads, m_dim, m_sines, m_realizations;
