@@ -746,7 +746,7 @@ private:
                       "`encode_pre_backward(x, du, dx, first_position, head, role, double* grad)` (dx = pre^T du) "
                       "and/or `encode_post_backward(phi, dpsi, dphi, first_position, head, role, double* grad)` "
                       "(dphi = post^T dpsi), each adding its parameters' gradient to grad when not null; the "
-                      "shipped lrpe, sine_spe and conv_spe gain them in the next version of linrpe.");
+                      "shipped sine_spe and conv_spe gain them in the next version of linrpe.");
         if (q.rows() == 0) {
             dk.setZero();
             dv.setZero();
