@@ -86,6 +86,13 @@ namespace positional {
 /// validated before every use instead (check_input). With lrpe_theta::explicit_values θ starts empty and
 /// every call is refused until it is set: silently running on RoPE values would hide a missing load.
 ///
+/// Training (docs/design.md §16): encode_post_backward gives dφ = Pᵀ Λ^{(s)ᵀ} dψ for every kind and P, and
+/// the gradients of the trainable parameters: θ when explicit (θ constructor or set_theta), shape (H,
+/// theta_count()), and the learned Householder vector (set_householder(v, true)), shape (H, M), through
+/// v/(‖v‖ + 1e-6). The RoPE schedule, cosFormer's θ, the seeded Householder vector, permutations, odd-even
+/// and DCT are fixed (empty members of parameter_gradients). An optimizer step applies
+/// `set_theta(theta − lr·g.theta)` and `set_householder(householder − lr·g.householder, true)`.
+///
 /// Positions: angles are exact (reduced in double, detail::reduced_angle) for positions up to 2^53 − 1,
 /// the integers a double holds; check_positions refuses positions beyond that, and negative ones.
 /// \tparam Scalar default scalar of a linear_attention using this encoding (float or double).
@@ -723,25 +730,34 @@ private:
             }
         }
         if (pairs == 0) return;
-        const index a_step = interleaved ? 2 : 1, b_off = interleaved ? 1 : h; // pair i = (a_step·i, a_step·i + b_off)
+        // The layouts get their own loops (unit-stride pairs vectorize); the gradient terms are formed in S,
+        // whose rounding (<= 2u |x||g| per pair) is of the order of g's own, and accumulated in double.
         detail::for_each_angle_block<S>(theta.row(head).data(), pairs, first, n, [&](index r0, index rows, const S* cs, const S* sn) {
             for (index r = 0; r < rows; ++r) {
                 const S* dy = dpsi.data() + (r0 + r) * dpsi.outerStride();
                 S* y = g.data() + (r0 + r) * g.outerStride();
                 const S* c = cs + r * pairs;
                 const S* s = sn + r * pairs;
-                for (index i = 0; i < pairs; ++i) {
-                    const index ia = a_step * i, ib = ia + b_off;
-                    const S da = dy[ia], db = dy[ib];
-                    y[ia] = da * c[i] + db * s[i];
-                    y[ib] = db * c[i] - da * s[i];
+                if (interleaved) {
+                    for (index i = 0; i < pairs; ++i) {
+                        const S da = dy[2 * i], db = dy[2 * i + 1];
+                        y[2 * i] = da * c[i] + db * s[i];
+                        y[2 * i + 1] = db * c[i] - da * s[i];
+                    }
+                } else {
+                    for (index i = 0; i < pairs; ++i) {
+                        const S da = dy[i], db = dy[h + i];
+                        y[i] = da * c[i] + db * s[i];
+                        y[h + i] = db * c[i] - da * s[i];
+                    }
                 }
                 if (!gtheta) continue;
                 const S* xr = x + (r0 + r) * x_stride;
                 const double pos = double(first + r0 + r);
-                for (index i = 0; i < pairs; ++i) {
-                    const index ia = a_step * i, ib = ia + b_off;
-                    gtheta[i] += pos * (double(xr[ia]) * double(y[ib]) - double(xr[ib]) * double(y[ia]));
+                if (interleaved) {
+                    for (index i = 0; i < pairs; ++i) gtheta[i] += pos * double(xr[2 * i] * y[2 * i + 1] - xr[2 * i + 1] * y[2 * i]);
+                } else {
+                    for (index i = 0; i < pairs; ++i) gtheta[i] += pos * double(xr[i] * y[h + i] - xr[h + i] * y[i]);
                 }
             }
         });
@@ -763,8 +779,7 @@ private:
                 if (!gtheta) continue;
                 const S* xr = x + (r0 + r) * x_stride;
                 const double pos = double(first + r0 + r);
-                for (index j = 0; j < m; ++j)
-                    gtheta[j] += pos * double(xr[j]) * (double(c[j]) * double(dy[m + j]) - double(s[j]) * double(dy[j]));
+                for (index j = 0; j < m; ++j) gtheta[j] += pos * double(xr[j] * (c[j] * dy[m + j] - s[j] * dy[j])); // terms in S, as rotate
             }
         });
     }
