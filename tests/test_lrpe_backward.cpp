@@ -225,7 +225,6 @@ TEST_CASE("LRPE backward: dQ, dK, dV, θ and the learned Householder vector agai
 
 TEST_CASE("LRPE backward in float against the exact double reference, with derived bounds", "[lrpe][backward][float]")
 {
-    const double u = test::unit_roundoff<float>();
     const idx n = 129;
     for (const config& c : configs())
         for (const masking mask : {masking::none, masking::causal})
@@ -236,8 +235,6 @@ TEST_CASE("LRPE backward in float against the exact double reference, with deriv
                 const row_matrix<float> qf = in.q.cast<float>(), kf = in.k.cast<float>(), vf = in.v.cast<float>(),
                                         df = in.dout.cast<float>();
                 const evaluation<float> fast = evaluate(attn_f, in, first);
-                const inputs exact_in{qf.cast<double>(), kf.cast<double>(), vf.cast<double>(), df.cast<double>()};
-                const evaluation<double> slow = evaluate(attn_d, exact_in, first); // its parameter gradients: FD-checked above
                 const chained_attention chain{&attn_d, first};
                 // Feature rounding in float (P: M terms, Λ: 2) enters the products like M + 2 more inner terms.
                 const test::reference_grads ref = test::reference_backward(chain, qf, kf, vf, df, c.dim + 2);
@@ -248,54 +245,9 @@ TEST_CASE("LRPE backward in float against the exact double reference, with deriv
                 REQUIRE(err_q <= ref.bound_dq);
                 REQUIRE(err_k <= ref.bound_dk);
                 REQUIRE(err_v <= ref.bound_dv);
-                if (slow.pg.theta.size() == 0 && slow.pg.householder.size() == 0) continue;
-
-                // Parameter gradients end to end. This bound inherits the reference's worst-case dψ bound (loose by
-                // orders of magnitude under rms), and at first = 100003 the gradient itself cancels: f is invariant
-                // under a common shift of all positions, so Σ_r s_r t_r loses its first·Σ t_r = 0 part, which
-                // float's dψ carries with error ~first·u. The hook's own float rounding is checked sharply below.
-                // Parameter gradients (accumulated in double from S-valued x = Pφ, g = Λᵀ dψ and φ), per role:
-                //   θ: ‖δgθ‖ <= Σ_r s_r (‖δx_r‖‖dψ_r‖ + ‖x_r‖‖δg_r‖ + 5u‖x_r‖‖dψ_r‖)
-                //             <= ‖s ⊙ ‖δx‖‖ ‖dΨ‖_F + ‖s ⊙ ‖x‖‖ (‖δG‖_F + 5u‖dΨ‖_F)   (5u: the terms formed in float)
-                //      (each row's terms pair x with a unit-norm combination of dψ: rotation, or (c, −s) for cosine;
-                //      ‖G‖ <= ‖dΨ‖, and Cauchy–Schwarz over rows)
-                //   v: ‖δ∂L/∂v‖ <= 4 (‖δΦ‖_F ‖dΨ‖_F + ‖Φ‖_F ‖δG‖_F) / (‖v‖ + 1e-6) (∂v̂/∂v has norm <= 1/(‖v‖ + 1e-6))
-                // with ‖x_r‖ = ‖φ_r‖ (P orthogonal), ‖δφ_r‖ <= 4u‖φ_r‖ (elu + 1), ‖δx_r‖ <= (4u + γ_{M+2} 3√M)‖φ_r‖
-                // (‖|P|‖₂ <= ‖P‖_F = √M, <= 3 for Householder), ‖δG‖_F <= ‖δdΨ‖_F + 5u‖dΨ‖_F (Λᵀ: two products
-                // and a sum per entry, tables rounded to float), and ‖δdΨ‖_F <= bound_dq / min_i ‖J_ψ,i‖_F (the
-                // reference's dq bound is 2·(Σ_i ‖J_i‖²_F (b_ψ,i + …)²)^½). Factor 2 for second-order terms.
-                feature_context cq, ck;
-                cq.which = role::query;
-                ck.which = role::key;
-                const auto grads = reference::kernel_attention_backward(chain.features(qf, role::query), chain.features(kf, role::key),
-                                                                        exact_in.v, chain.mixing_matrix(n, n), exact_in.dout,
-                                                                        c.norm, double(attn_d.opts().eps));
-                const double gamma_p = 2.0 * (c.dim + 2) * u * 3.0 * std::sqrt(double(c.dim));
-                double bound_theta = 0, bound_v = 0;
-                for (const role which : {role::query, role::key}) {
-                    const row_matrix<double>& x = which == role::query ? exact_in.q : exact_in.k;
-                    const row_matrix<double> phi = (x.array() > 0).select(x.array() + 1.0, x.array().exp()).matrix(); // elu + 1
-                    const row_matrix<double>& dpsi = which == role::query ? grads.dpsi : grads.dkappa;
-                    const auto jn = test::jacobian_norms(chain.map, x, chain.features(x, which), which == role::query ? cq : ck);
-                    const double bound_dpsi = (which == role::query ? ref.bound_dq : ref.bound_dk) / jn.minCoeff();
-                    const double dg = bound_dpsi + 5.0 * u * dpsi.norm();
-                    double s_phi = 0;
-                    for (idx r = 0; r < n; ++r) s_phi += std::pow(double(first + r) * phi.row(r).norm(), 2);
-                    s_phi = std::sqrt(s_phi);
-                    bound_theta += (4.0 * u + gamma_p + 5.0 * u) * s_phi * dpsi.norm() + s_phi * dg; // 5u: terms formed in float
-                    bound_v += 4.0 * (4.0 * u * phi.norm() * dpsi.norm() + phi.norm() * dg);
-                }
-                if (slow.pg.theta.size()) {
-                    const double err = test::abs_error(fast.pg.theta, slow.pg.theta), bound = 2.0 * bound_theta;
-                    CAPTURE(err, bound, slow.pg.theta.norm());
-                    REQUIRE(err <= bound);
-                }
-                if (slow.pg.householder.size()) {
-                    const double vnorm = attn_d.positional().householder.row(head_used).stableNorm();
-                    const double err = test::abs_error(fast.pg.householder, slow.pg.householder), bound = 2.0 * bound_v / (vnorm + 1e-6);
-                    CAPTURE(err, bound, slow.pg.householder.norm());
-                    REQUIRE(err <= bound);
-                }
+                // The parameter gradients' float path is checked at the hook (next test case, sharp bound on the same
+                // inputs): end to end, the only bound at hand for the float dψ is the reference's worst case, loose
+                // by orders of magnitude under rms, which would make a parameter check there unable to fail.
             }
 }
 
