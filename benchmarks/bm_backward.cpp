@@ -1,6 +1,6 @@
 // Backward of the core (positional::none, elu+1, `sum`, float, B = 1, H = 8, D = M = E = 64), non-causal and
 // causal: time against the in-binary GEMM roofline, backward / forward time (paired), 64k / 16k scaling
-// (paired). Extra memory: benchmarks/bm_memory.cpp (memory_backward_*).
+// (paired); LRPE rotate and cosine with learned θ: backward including θ's gradient / forward at 16k (paired). Extra memory: benchmarks/bm_memory.cpp (memory_backward_*).
 //
 // FLOPs counted per head (M = E = 64, Ex = E + 1 under `sum`): the GEMM-form backward does
 //     recomputed state S = Κᵀ V̄   2·N·M·Ex      dΨ = G Sᵀ   2·N·M·Ex      U = Ψᵀ G   2·N·M·Ex
@@ -29,11 +29,11 @@ struct backward_problem : bench::problem<float> {
     {
     }
     template <class Attention>
-    void backward(const Attention& attn)
+    void backward(const Attention& attn, typename Attention::parameter_gradients* pg = nullptr)
     {
         const auto in = [&](const std::vector<float>& x) { return view_bhnd(x.data(), 1, heads, n, width); };
         const auto out = [&](std::vector<float>& x) { return view_bhnd(x.data(), 1, heads, n, width); };
-        attn.backward(in(q), in(k), in(v), in(dout), out(dq), out(dk), out(dv), 0, &ws);
+        attn.backward(in(q), in(k), in(v), in(dout), out(dq), out(dk), out(dv), 0, &ws, pg);
         benchmark::DoNotOptimize(dq.data());
         benchmark::ClobberMemory();
     }
@@ -82,6 +82,26 @@ void BM_backward_scaling(benchmark::State& state)
     small.backward(attn);
     big.backward(attn);
     bench::scaling_ratio(state, [&] { small.backward(attn); }, [&] { big.backward(attn); });
+}
+
+// LRPE (rotate M' = M, cosine M' = 2M) with θ learned (explicit values: trainable) on elu+1 features under
+// rms (LRPE scores are signed): backward including θ's gradient / forward, paired as above.
+using lrpe_attention = linear_attention<feature_maps::elu_plus_one, positional::lrpe<float>, float>;
+
+template <lrpe_kind Kind, masking Mask>
+void BM_lrpe_backward_over_forward(benchmark::State& state)
+{
+    backward_problem p(state.range(0));
+    positional::lrpe<float> pe(Kind, d_width, n_heads);
+    pe.set_theta(row_matrix<double>(pe.theta)); // the RoPE schedule as trained-looking explicit values
+    options<float> opt;
+    opt.mask = Mask;
+    opt.norm = normalization::rms;
+    const lrpe_attention attn({}, pe, opt);
+    auto pg = attn.make_parameter_gradients(); // accumulates over the iterations, as .grad between zeroings
+    p.backward(attn, &pg);
+    bench::scaling_ratio(state, [&] { p.forward(attn); }, [&] { p.backward(attn, &pg); }, "bwd_over_fwd");
+    benchmark::DoNotOptimize(pg.theta.data());
 }
 
 void lengths(benchmark::internal::Benchmark* b)
@@ -162,3 +182,7 @@ BENCHMARK_TEMPLATE(BM_sine_spe_backward_over_forward, masking::none)->Name("spe_
 BENCHMARK_TEMPLATE(BM_sine_spe_backward_over_forward, masking::causal)->Name("spe_sine_k5_bwd_over_fwd_causal")->Arg(1 << 14)->Iterations(5)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_conv_spe_backward_over_forward, masking::none)->Name("spe_conv_w128_bwd_over_fwd_noncausal")->Arg(1 << 14)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_conv_spe_backward_over_forward, masking::causal)->Name("spe_conv_w128_bwd_over_fwd_causal")->Arg(1 << 14)->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_lrpe_backward_over_forward, lrpe_kind::rotate, masking::none)->Name("lrpe_rotate_bwd_over_fwd_noncausal")->Arg(1 << 14)->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_lrpe_backward_over_forward, lrpe_kind::rotate, masking::causal)->Name("lrpe_rotate_bwd_over_fwd_causal")->Arg(1 << 14)->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_lrpe_backward_over_forward, lrpe_kind::cosine, masking::none)->Name("lrpe_cosine_bwd_over_fwd_noncausal")->Arg(1 << 14)->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_lrpe_backward_over_forward, lrpe_kind::cosine, masking::causal)->Name("lrpe_cosine_bwd_over_fwd_causal")->Arg(1 << 14)->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -815,8 +815,8 @@ private:
                       "backward() needs the PositionalEncoding's VJP hooks for the stages it declares: "
                       "`encode_pre_backward(x, du, dx, first_position, head, role, double* grad)` (dx = pre^T du) "
                       "and/or `encode_post_backward(phi, dpsi, dphi, first_position, head, role, double* grad)` "
-                      "(dphi = post^T dpsi), each adding its parameters' gradient to grad when not null; the "
-                      "shipped lrpe gains them in the next version of linrpe.");
+                      "(dphi = post^T dpsi), each adding its parameters' gradient to grad when not null (every shipped "
+                      "encoding has them; see examples/custom_policies.cpp).");
         if (q.rows() == 0) {
             dk.setZero();
             dv.setZero();

@@ -65,22 +65,47 @@ inline double reduced_angle(double p, double theta)
 /// first .. first + n − 1, with cos/sin the (rows, count) row-major tables of cos((first + r)·θ_j),
 /// sin((first + r)·θ_j) in S, for r in [r0, r0 + rows).
 ///
-/// Cost: `count`·(block + n/block) reduced sin/cos in double plus one double complex product per
-/// (row, frequency): e^{i(a + r)θ} = e^{iaθ}·e^{irθ} with both factors accurate to ~1 ulp, so the table is
-/// accurate to a few double ulps at any position (never a float angle, never an accumulated recurrence).
+/// Cost: 7·`count` reduced sin/cos in double per block of 64 rows plus a few double complex products per
+/// (row, frequency): e^{i(a + r)θ} = e^{iaθ}·e^{i8jθ}·e^{ilθ} for r = 8j + l < 64, where e^{ilθ} (l < 8) and
+/// e^{i8jθ} (j < 8) come from the directly evaluated powers 1, 2, 4 (resp. 8, 16, 32) by at most two
+/// products; every factor is accurate to ~1 ulp, so the table is accurate to a few double ulps at any
+/// position (never a float angle, never an accumulated recurrence). The entry of row r depends on
+/// (first, r) only, never on n, so calls of different lengths from the same first position agree bit for
+/// bit. Why not 64 direct evaluations: the mixers call the hooks per chunk of 64 rows, and a backward
+/// evaluates the tables twice per block (the features and their VJP), so sin/cos would rival the GEMMs.
 template <class S, class Body>
 void for_each_angle_block(const double* theta, index count, index first, index n, Body&& body)
 {
-    constexpr index block = 64;
+    constexpr index block = 64, fine = 8;
     if (n <= 0) return;
     const index k = std::min(block, n);
-    std::vector<double> base_c(static_cast<std::size_t>(k * count)), base_s(base_c.size()); // (K, count)
-    for (index r = 0; r < k; ++r)
-        for (index j = 0; j < count; ++j) {
-            const double a = reduced_angle(double(r), theta[j]);
-            base_c[std::size_t(r * count + j)] = std::cos(a);
-            base_s[std::size_t(r * count + j)] = std::sin(a);
+    // e^{i·step·mθ} for m < 8 from the three direct powers m = 1, 2, 4 (m = 0: exactly 1; 3, 5, 6: one
+    // product; 7 = 3·4: two), into c[m], s[m].
+    const auto powers = [](double step, double th, double* c, double* s) {
+        c[0] = 1.0;
+        s[0] = 0.0;
+        for (const int m : {1, 2, 4}) {
+            const double a = reduced_angle(step * double(m), th);
+            c[m] = std::cos(a);
+            s[m] = std::sin(a);
         }
+        for (const int m : {3, 5, 6, 7}) {
+            const int hi = m & 4 ? 4 : 2, lo = m - hi; // 3 = 2 + 1, 5 = 4 + 1, 6 = 4 + 2, 7 = 4 + 3
+            c[m] = c[hi] * c[lo] - s[hi] * s[lo];
+            s[m] = s[hi] * c[lo] + c[hi] * s[lo];
+        }
+    };
+    std::vector<double> base_c(static_cast<std::size_t>(k * count)), base_s(base_c.size()); // (K, count)
+    for (index j = 0; j < count; ++j) {
+        double fc[fine], fs[fine], mc[fine], ms[fine];
+        powers(1.0, theta[j], fc, fs);
+        powers(double(fine), theta[j], mc, ms);
+        for (index r = 0; r < k; ++r) {
+            const index hi = r / fine, lo = r % fine;
+            base_c[std::size_t(r * count + j)] = hi == 0 ? fc[lo] : mc[hi] * fc[lo] - ms[hi] * fs[lo];
+            base_s[std::size_t(r * count + j)] = hi == 0 ? fs[lo] : ms[hi] * fc[lo] + mc[hi] * fs[lo];
+        }
+    }
     std::vector<double> anchor_c(static_cast<std::size_t>(count)), anchor_s(anchor_c.size());
     std::vector<S> tab_c(base_c.size()), tab_s(base_c.size()); // (K, count)
     for (index r0 = 0; r0 < n; r0 += k) {

@@ -86,6 +86,13 @@ namespace positional {
 /// validated before every use instead (check_input). With lrpe_theta::explicit_values θ starts empty and
 /// every call is refused until it is set: silently running on RoPE values would hide a missing load.
 ///
+/// Training (docs/design.md §16): encode_post_backward gives dφ = Pᵀ Λ^{(s)ᵀ} dψ for every kind and P, and
+/// the gradients of the trainable parameters: θ when explicit (θ constructor or set_theta), shape (H,
+/// theta_count()), and the learned Householder vector (set_householder(v, true)), shape (H, M), through
+/// v/(‖v‖ + 1e-6). The RoPE schedule, cosFormer's θ, the seeded Householder vector, permutations, odd-even
+/// and DCT are fixed (empty members of parameter_gradients). An optimizer step applies
+/// `set_theta(theta − lr·g.theta)` and `set_householder(householder − lr·g.householder, true)`.
+///
 /// Positions: angles are exact (reduced in double, detail::reduced_angle) for positions up to 2^53 − 1,
 /// the integers a double holds; check_positions refuses positions beyond that, and negative ones.
 /// \tparam Scalar default scalar of a linear_attention using this encoding (float or double).
@@ -309,6 +316,103 @@ public:
         }
     }
 
+    /// \brief VJP of encode_post (docs/design.md §16): dphi (n, M) = Pᵀ Λ^{(s)ᵀ} dpsi_r for row r at position
+    /// s = first_position + r (angles in double, as the forward), and, when grad is not null, adds head
+    /// `head`'s parameter gradient to grad[0, gradient_size()): θ first (when theta_trainable()), then the
+    /// learned Householder vector (when householder_trainable()). With x = P φ and g = Λᵀ dψ per row:
+    ///
+    ///     rotate  ∂L/∂θ_i = Σ_r s_r (x_a g_b − x_b g_a)         over pair (a, b) = (2i, 2i+1) or (i, i + ⌊M/2⌋)
+    ///     cosine  ∂L/∂θ_j = Σ_r s_r x_j (c_j dψ_{M+j} − s_j dψ_j) with c, s = cos, sin(s_r θ_j)
+    ///     v̂ = v/(‖v‖ + ε): ∂L/∂v̂ = −2 Σ_r ((v̂·φ_r) g_r + (v̂·g_r) φ_r),  ∂L/∂v = ∂L/∂v̂ /(‖v‖+ε) − v (vᵀ∂L/∂v̂)/(‖v‖(‖v‖+ε)²)
+    ///
+    /// Cost O(n·M) (O(n·M²) with the DCT basis), the angle tables once per block of 64 rows as the forward;
+    /// parameter gradients accumulate in double. Does not validate (the core calls check_input first).
+    template <class S>
+    void encode_post_backward(const Eigen::Ref<const row_matrix<S>>& phi, const Eigen::Ref<const row_matrix<S>>& dpsi,
+                              Eigen::Ref<row_matrix<S>> dphi, index first_position, index head, role /*which*/,
+                              double* grad) const
+    {
+        const index n = dpsi.rows(), m = m_dim;
+        if (n == 0) return;
+        double* gtheta = grad && theta_trainable() ? grad : nullptr;
+        double* gv = grad && householder_trainable() ? grad + theta_gradient_size() : nullptr;
+        const bool identity = m_opt.basis == lrpe_basis::identity;
+        row_matrix<S> x; // (n, M) = P φ, the core's input: only θ's gradient reads it
+        const S* xs = nullptr;
+        index x_stride = m;
+        if (gtheta) {
+            if (identity) {
+                xs = phi.data();
+                x_stride = phi.outerStride();
+            } else {
+                x.resize(n, m);
+                apply_basis<S>(phi, x, head);
+                xs = x.data();
+            }
+        }
+        const auto core = [&](Eigen::Ref<row_matrix<S>> out) { // out (n, M) = Λᵀ dψ
+            switch (m_kind) {
+            case lrpe_kind::rotate: rotate_rows_backward<S>(dpsi, out, xs, x_stride, first_position, head, gtheta); break;
+            case lrpe_kind::cosine: cosine_rows_backward<S>(dpsi, out, xs, x_stride, first_position, head, gtheta); break;
+            case lrpe_kind::permutation: permute_rows_backward<S>(dpsi, out, first_position, head); break;
+            }
+        };
+        if (identity) {
+            core(dphi);
+            return;
+        }
+        row_matrix<S> g(n, m); // (n, M) = Λᵀ dψ = ∂L/∂(P φ)
+        core(g);
+        apply_basis_transpose<S>(g, dphi, head);
+        if (gv) householder_gradient<S>(phi, g, head, gv);
+    }
+
+    // ---- parameter gradients (docs/design.md §16) ----------------------------------------------------
+
+    /// \brief Gradients of the trainable parameters, in double, with their shapes; a frozen part is empty (0 × 0).
+    /// θ is trainable when it holds explicit values (lrpe_theta::explicit_values: the θ constructor or
+    /// set_theta); the RoPE schedule and cosFormer's π/(2·max_len) are fixed. The Householder vector is
+    /// trainable when learned (set_householder(v, true)); the seeded one is fixed. Permutations are discrete.
+    struct parameter_gradients {
+        row_matrix<double> theta;       ///< (H, theta_count()) when theta_trainable(), else empty
+        row_matrix<double> householder; ///< (H, M) when householder_trainable(), else empty
+        parameter_gradients& operator+=(const parameter_gradients& other)
+        {
+            theta += other.theta;
+            householder += other.householder;
+            return *this;
+        }
+    };
+    bool theta_trainable() const { return theta_count() > 0 && m_opt.theta == lrpe_theta::explicit_values; }
+    bool householder_trainable() const { return m_opt.basis == lrpe_basis::householder && householder_learned; }
+    /// Zeros with the shapes of the trainable parameters (frozen parts empty).
+    parameter_gradients make_parameter_gradients() const
+    {
+        return {row_matrix<double>::Zero(theta_trainable() ? m_heads : 0, theta_gradient_size()),
+                row_matrix<double>::Zero(householder_trainable() ? m_heads : 0, householder_trainable() ? m_dim : 0)};
+    }
+    /// One head's flat gradient count: θ's then the Householder vector's.
+    index gradient_size() const { return theta_gradient_size() + (householder_trainable() ? m_dim : 0); }
+    /// pg's rows of `head` += flat[0, gradient_size()) in the layout of encode_post_backward's grad.
+    void add_gradients(index head, const double* flat, parameter_gradients& pg) const
+    {
+        const index t = theta_gradient_size();
+        if (t > 0) pg.theta.row(head) += Eigen::Map<const Eigen::RowVectorXd>(flat, t);
+        if (householder_trainable()) pg.householder.row(head) += Eigen::Map<const Eigen::RowVectorXd>(flat + t, m_dim);
+    }
+    /// Throws naming the member when pg's shapes are not make_parameter_gradients()'s.
+    void validate_gradients(const parameter_gradients& pg) const
+    {
+        const parameter_gradients want = make_parameter_gradients();
+        if (pg.theta.rows() != want.theta.rows() || pg.theta.cols() != want.theta.cols())
+            detail::fail("parameter_gradients.theta (empty when θ is fixed)", detail::shape(want.theta.rows(), want.theta.cols()),
+                         detail::shape(pg.theta.rows(), pg.theta.cols()));
+        if (pg.householder.rows() != want.householder.rows() || pg.householder.cols() != want.householder.cols())
+            detail::fail("parameter_gradients.householder (empty unless learned)",
+                         detail::shape(want.householder.rows(), want.householder.cols()),
+                         detail::shape(pg.householder.rows(), pg.householder.cols()));
+    }
+
     // ---- conveniences (validated) ------------------------------------------------------------------
 
     /// T(x_r, first_position + r) for the rows of x (n, M): (n, M').
@@ -503,6 +607,40 @@ private:
         }
     }
 
+    index theta_gradient_size() const { return theta_trainable() ? theta_count() : 0; }
+
+    // y (n, M) = Pᵀ g for the rows of g (P is orthogonal: Householder symmetric, odd-even a permutation).
+    template <class S>
+    void apply_basis_transpose(const row_matrix<S>& g, Eigen::Ref<row_matrix<S>> y, index head) const
+    {
+        switch (m_opt.basis) {
+        case lrpe_basis::identity: y = g; break;
+        case lrpe_basis::householder: apply_basis<S>(g, y, head); break;
+        case lrpe_basis::odd_even:
+            for (index r = 0; r < g.rows(); ++r)
+                for (index j = 0; j < m_dim; ++j) y(r, m_gather[std::size_t(j)]) = g(r, j);
+            break;
+        case lrpe_basis::dct: {
+            const row_matrix<S> c = m_dct.template cast<S>();
+            y.noalias() = g * c; // (n, M): rows are (Cᵀ g)ᵀ
+            break;
+        }
+        }
+    }
+
+    // gv (M) += ∂L/∂v through v̂ = v/(‖v‖ + 1e-6) for x = φ − 2 (φ·v̂) v̂ and ∂L/∂x = g (rows), in double.
+    template <class S>
+    void householder_gradient(const Eigen::Ref<const row_matrix<S>>& phi, const row_matrix<S>& g, index head, double* gv) const
+    {
+        const Eigen::VectorXd v = householder.row(head).transpose();
+        const double norm = v.stableNorm(), scale = norm + 1e-6;
+        const Eigen::VectorXd vhat = v / scale;
+        const row_matrix<double> pd = phi.template cast<double>(), gd = g.template cast<double>(); // (n, M)
+        const Eigen::VectorXd a = pd * vhat, b = gd * vhat;                                         // (n)
+        const Eigen::VectorXd w = -2.0 * (gd.transpose() * a + pd.transpose() * b);                // (M) ∂L/∂v̂
+        Eigen::Map<Eigen::VectorXd>(gv, m_dim) += w / scale - v * (v.dot(w) / (norm * scale * scale));
+    }
+
     // Pair (a, b) → (a cos − b sin, b cos + a sin): the rotation R(sθ) whose powers compose.
     template <class S>
     void rotate_rows(const S* src, index src_stride, Eigen::Ref<row_matrix<S>> out, index first, index head) const
@@ -572,6 +710,99 @@ private:
                 }
             }
         });
+    }
+
+    // g = R(sθ)ᵀ dψ per pair, (da, db) → (da cos + db sin, db cos − da sin); pass-through channels copy.
+    // With x (rows of P φ, null when θ's gradient is not wanted): gtheta_i += s (x_a g_b − x_b g_a), since
+    // ∂ψ_a/∂α = −ψ_b, ∂ψ_b/∂α = ψ_a for α = sθ_i and dψ_b ψ_a − dψ_a ψ_b = x_a g_b − x_b g_a.
+    template <class S>
+    void rotate_rows_backward(const Eigen::Ref<const row_matrix<S>>& dpsi, Eigen::Ref<row_matrix<S>> g, const S* x,
+                              index x_stride, index first, index head, double* gtheta) const
+    {
+        const index n = g.rows(), m = m_dim, pairs = m_rotated, h = m_half;
+        const bool interleaved = m_opt.layout == lrpe_layout::interleaved;
+        for (index r = 0; r < n; ++r) {
+            if (interleaved) {
+                g.row(r).segment(2 * pairs, m - 2 * pairs) = dpsi.row(r).segment(2 * pairs, m - 2 * pairs);
+            } else {
+                g.row(r).segment(pairs, h - pairs) = dpsi.row(r).segment(pairs, h - pairs);
+                g.row(r).segment(h + pairs, m - h - pairs) = dpsi.row(r).segment(h + pairs, m - h - pairs);
+            }
+        }
+        if (pairs == 0) return;
+        // The layouts get their own loops (unit-stride pairs vectorize); the gradient terms are formed in S,
+        // whose rounding (<= 2u |x||g| per pair) is of the order of g's own, and accumulated in double.
+        detail::for_each_angle_block<S>(theta.row(head).data(), pairs, first, n, [&](index r0, index rows, const S* cs, const S* sn) {
+            for (index r = 0; r < rows; ++r) {
+                const S* dy = dpsi.data() + (r0 + r) * dpsi.outerStride();
+                S* y = g.data() + (r0 + r) * g.outerStride();
+                const S* c = cs + r * pairs;
+                const S* s = sn + r * pairs;
+                if (interleaved) {
+                    for (index i = 0; i < pairs; ++i) {
+                        const S da = dy[2 * i], db = dy[2 * i + 1];
+                        y[2 * i] = da * c[i] + db * s[i];
+                        y[2 * i + 1] = db * c[i] - da * s[i];
+                    }
+                } else {
+                    for (index i = 0; i < pairs; ++i) {
+                        const S da = dy[i], db = dy[h + i];
+                        y[i] = da * c[i] + db * s[i];
+                        y[h + i] = db * c[i] - da * s[i];
+                    }
+                }
+                if (!gtheta) continue;
+                const S* xr = x + (r0 + r) * x_stride;
+                const double pos = double(first + r0 + r);
+                if (interleaved) {
+                    for (index i = 0; i < pairs; ++i) gtheta[i] += pos * double(xr[2 * i] * y[2 * i + 1] - xr[2 * i + 1] * y[2 * i]);
+                } else {
+                    for (index i = 0; i < pairs; ++i) gtheta[i] += pos * double(xr[i] * y[h + i] - xr[h + i] * y[i]);
+                }
+            }
+        });
+    }
+
+    // g_j = c_j dψ_j + s_j dψ_{M+j}; with x (rows of P φ, or null): gtheta_j += s x_j (c_j dψ_{M+j} − s_j dψ_j).
+    template <class S>
+    void cosine_rows_backward(const Eigen::Ref<const row_matrix<S>>& dpsi, Eigen::Ref<row_matrix<S>> g, const S* x,
+                              index x_stride, index first, index head, double* gtheta) const
+    {
+        const index m = m_dim;
+        detail::for_each_angle_block<S>(theta.row(head).data(), m, first, g.rows(), [&](index r0, index rows, const S* cs, const S* sn) {
+            for (index r = 0; r < rows; ++r) {
+                const S* dy = dpsi.data() + (r0 + r) * dpsi.outerStride();
+                S* y = g.data() + (r0 + r) * g.outerStride();
+                const S* c = cs + r * m;
+                const S* s = sn + r * m;
+                for (index j = 0; j < m; ++j) y[j] = c[j] * dy[j] + s[j] * dy[m + j];
+                if (!gtheta) continue;
+                const S* xr = x + (r0 + r) * x_stride;
+                const double pos = double(first + r0 + r);
+                for (index j = 0; j < m; ++j) gtheta[j] += pos * double(xr[j] * (c[j] * dy[m + j] - s[j] * dy[j])); // terms in S, as rotate
+            }
+        });
+    }
+
+    // (Π^s)ᵀ: the forward's gather y[mem[i]] = x[mem[k]] becomes the scatter g[mem[k]] = dψ[mem[i]].
+    template <class S>
+    void permute_rows_backward(const Eigen::Ref<const row_matrix<S>>& dpsi, Eigen::Ref<row_matrix<S>> g, index first, index head) const
+    {
+        const cycles& cy = m_cycles[std::size_t(head)];
+        const index count = index(cy.start.size()) - 1;
+        for (index r = 0; r < g.rows(); ++r) {
+            const S* dy = dpsi.data() + r * dpsi.outerStride();
+            S* y = g.data() + r * g.outerStride();
+            for (index c = 0; c < count; ++c) {
+                const index* mem = cy.members.data() + cy.start[std::size_t(c)];
+                const index len = cy.start[std::size_t(c + 1)] - cy.start[std::size_t(c)];
+                index k = (first + r) % len; // positions are >= 0 (check_positions)
+                for (index i = 0; i < len; ++i) {
+                    y[mem[k]] = dy[mem[i]];
+                    if (++k == len) k = 0;
+                }
+            }
+        }
     }
 
     // (Π^s y)_j = y_{π^s(j)} with π^s from the cycle decomposition; src never aliases out.
