@@ -11,7 +11,9 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 namespace linrpe {
 namespace detail {
@@ -101,6 +103,91 @@ void toeplitz_mix_banded(const relative_weights<S>& w, const Eigen::Ref<const ro
             ahead_begin = hi;
         }
         if (ahead_begin < nk || ahead) num.middleRows(r0, rows).noalias() += w.far_ahead() * (psi.middleRows(r0, rows) * state);
+    }
+}
+
+/// \brief VJP of toeplitz_mix_banded (added to `x`'s outputs; docs/design.md §16, toeplitz_dense.hpp for
+/// the formulas): the band by add_weighted_rectangle_backward over the same rectangles and causal
+/// triangles, and the far parts by lagged states. With S_behind(b) = Σ_{j < lo_b} κ_j vx_jᵀ (forward sweep)
+/// and U_behind(b) = Σ_{b' >= b} Ψ_b'ᵀ G_b' (backward sweep), for block b and far-behind weight c_fb:
+///
+///     dΨ_b += c_fb G_b S_behindᵀ,   ∂L/∂log c_fb += c_fb Σ_{i in b} ψ_i · (S_behind g_i)
+///     keys j in [lo_{b−1}, lo_b) (far behind exactly for the blocks b' >= b):
+///         dΚ_j += c_fb U_behind(b) vx_j,   dVx_j += c_fb U_behind(b)ᵀ κ_j
+///
+/// and mirrored for the keys ahead (non-causal) with hi_b, sweeps reversed. O(N·((R + 2T_max)·(2M + 3Ex) +
+/// 6·M·Ex)) time, O(R·(R + 2T_max) + M·Ex) extra memory; serial inside the head.
+template <class S>
+void toeplitz_backward_banded(const relative_weights<S>& w, toeplitz_vjp<S> x, index q_first, index k_first, bool causal)
+{
+    const index n = x.psi.rows(), nk = x.kappa.rows(), m = x.psi.cols(), ex = x.vx.cols();
+    if (n == 0 || nk == 0) return;
+    const index t_max = w.t_max, delta = k_first - q_first, rb = banded_block(t_max);
+    const index t_lo = std::max(-(t_max + rb), delta - n), t_hi = std::min(t_max + rb, delta + nk);
+    const vector<S> table = offset_table(w, t_lo, t_hi, causal);
+    std::vector<double> bins(x.dlog_c ? static_cast<std::size_t>(table.size()) : 0, 0.0);
+    std::vector<double>* bp = x.dlog_c ? &bins : nullptr;
+    const index blocks = (n + rb - 1) / rb;
+    std::vector<index> lo(static_cast<std::size_t>(blocks)), hi(lo.size());
+    for (index b = 0; b < blocks; ++b)
+        std::tie(lo[b], hi[b]) = banded_rectangle(b * rb, std::min(rb, n - b * rb), delta, t_max, nk, causal);
+    row_matrix<S> sa, sb;
+    for (index b = 0; b < blocks; ++b) {
+        const index r0 = b * rb, rows = std::min(rb, n - r0);
+        const index full = causal ? std::clamp<index>(r0 - delta, lo[b], hi[b]) : hi[b];
+        add_weighted_rectangle_backward<S>(x, table, delta - t_lo, r0, rows, lo[b], full - lo[b], bp, sa, sb);
+        if (causal) add_weighted_rectangle_backward<S>(x, table, delta - t_lo, r0, rows, full, hi[b] - full, bp, sa, sb);
+    }
+    if (x.dlog_c) fold_offset_bins(w, bins, t_lo, *x.dlog_c);
+    double far[2] = {0.0, 0.0}; // ∂L/∂log c of far behind, far ahead
+    row_matrix<S> state = row_matrix<S>::Zero(m, ex), p; // (M, Ex), (rows, M)
+    const auto far_query_side = [&](index b, S c, double& acc) {
+        const index r0 = b * rb, rows = std::min(rb, n - r0);
+        p.noalias() = x.g.middleRows(r0, rows) * state.transpose(); // (rows, M)
+        if (x.dlog_c) acc += static_cast<double>(c) * static_cast<double>((x.psi.middleRows(r0, rows).array() * p.array()).sum());
+        x.dpsi.middleRows(r0, rows).noalias() += c * p;
+    };
+    const auto far_key_side = [&](index j0, index j1, S c) {
+        if (j1 <= j0) return;
+        x.dkappa.middleRows(j0, j1 - j0).noalias() += c * (x.vx.middleRows(j0, j1 - j0) * state.transpose());
+        x.dvx.middleRows(j0, j1 - j0).noalias() += c * (x.kappa.middleRows(j0, j1 - j0) * state);
+    };
+    const auto add_keys = [&](index j0, index j1) {
+        if (j1 > j0) state.noalias() += x.kappa.middleRows(j0, j1 - j0).transpose() * x.vx.middleRows(j0, j1 - j0);
+    };
+    const auto add_queries = [&](index b) {
+        const index r0 = b * rb, rows = std::min(rb, n - r0);
+        state.noalias() += x.psi.middleRows(r0, rows).transpose() * x.g.middleRows(r0, rows);
+    };
+    const S c_behind = w.far_behind(), c_ahead = w.far_ahead();
+    // Far behind, query side: S_behind grows with lo.
+    for (index b = 0, end = 0; b < blocks; ++b) {
+        add_keys(end, lo[b]);
+        end = std::max(end, lo[b]);
+        if (end > 0) far_query_side(b, c_behind, far[0]);
+    }
+    // Far behind, key side: U_behind over the blocks from the last.
+    state.setZero();
+    for (index b = blocks - 1; b >= 0; --b) {
+        add_queries(b);
+        far_key_side(b > 0 ? lo[b - 1] : 0, lo[b], c_behind);
+    }
+    if (!causal) {
+        state.setZero();
+        for (index b = blocks - 1, begin = nk; b >= 0; --b) {
+            add_keys(hi[b], begin);
+            begin = std::min(begin, hi[b]);
+            if (begin < nk) far_query_side(b, c_ahead, far[1]);
+        }
+        state.setZero();
+        for (index b = 0; b < blocks; ++b) {
+            add_queries(b);
+            far_key_side(hi[b], b + 1 < blocks ? hi[b + 1] : nk, c_ahead);
+        }
+    }
+    if (x.dlog_c) {
+        (*x.dlog_c)[0] += far[0];
+        (*x.dlog_c)[2 * t_max - 2] += far[1];
     }
 }
 
