@@ -768,8 +768,7 @@ private:
     }
 
     // The Toeplitz branch of run_head_backward (docs/design.md §16): features recomputed for the whole head,
-    // num' by the forward's algorithm when the seed needs it, the mixing VJP (detail::toeplitz_backward) by
-    // the same algorithm, then the features' VJP by blocks of fused_block rows (the parameter-gradient
+    // the seed and the mixing VJP by the forward's algorithm (detail::toeplitz_backward), then the features' VJP by blocks of fused_block rows (the parameter-gradient
     // blocks are keyed by their first row) and ∂L/∂log c into the encoding's parameters. Extra memory
     // O((N + Nk)·(M' + Ex)).
     template <class Back>
@@ -791,18 +790,11 @@ private:
         matrix vx(nk, ex);                                        // (Nk, Ex) = [V, 1]
         vx.leftCols(e) = v;
         if (with_den) vx.col(e).setOnes();
-        matrix g(n, ex); // (N, Ex): the seed
-        if (m_opt.norm == normalization::none) {
-            detail::toeplitz_seed<Scalar>(dout, dout, ref(g), m_opt.norm, m_opt.eps, w.shift);
-        } else {
-            matrix num(n, ex); // (N, Ex)
-            detail::toeplitz_mix<Scalar>(w, psi, kappa, vx, num, q_first, k_first, causal, algo, m_opt.threads);
-            detail::toeplitz_seed<Scalar>(num, dout, ref(g), m_opt.norm, m_opt.eps, w.shift);
-        }
+        matrix g(n, ex); // (N, Ex): the seed, written by the mixer
         matrix dpsi = matrix::Zero(n, psi.cols()), dkappa = matrix::Zero(nk, psi.cols()), dvx = matrix::Zero(nk, ex);
         vector<double> dlog_c = vector<double>::Zero(w.c.size());
-        detail::toeplitz_backward<Scalar>(w, {psi, kappa, vx, g, dpsi, dkappa, dvx, grad ? &dlog_c : nullptr}, q_first,
-                                          k_first, causal, algo, m_opt.threads);
+        detail::toeplitz_backward<Scalar>(w, {psi, kappa, vx, g, dpsi, dkappa, dvx, grad ? &dlog_c : nullptr}, dout,
+                                          m_opt.norm, m_opt.eps, q_first, k_first, causal, algo, m_opt.threads);
         dv = dvx.leftCols(e);
         const auto features_backward = [&](const const_ref& x, const matrix& feat, const matrix& dfeat, ref dx, role which,
                                            index first) {

@@ -121,8 +121,8 @@ void toeplitz_mix_dense(const relative_weights<S>& w, const Eigen::Ref<const row
 /// not null. sub() views rows [r0, r0 + rows) of the query side and [c0, c0 + cols) of the key side.
 template <class S>
 struct toeplitz_vjp {
-    Eigen::Ref<const row_matrix<S>> psi, kappa, vx, g;
-    Eigen::Ref<row_matrix<S>> dpsi, dkappa, dvx;
+    Eigen::Ref<const row_matrix<S>> psi, kappa, vx;
+    Eigen::Ref<row_matrix<S>> g, dpsi, dkappa, dvx; // g: read, or written by a mixer that forms the seed itself
     vector<double>* dlog_c;
 
     toeplitz_vjp sub(index r0, index rows, index c0, index cols)

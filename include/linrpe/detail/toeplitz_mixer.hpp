@@ -156,25 +156,37 @@ void toeplitz_seed(const Eigen::Ref<const row_matrix<S>>& num, const Eigen::Ref<
     }
 }
 
-/// \brief VJP of toeplitz_mix by the same algorithm `algo` (resolved by the caller): dΨ, dΚ, dVx and
-/// ∂L/∂log c added to `x` (docs/design.md §16; the formulas in toeplitz_dense.hpp). All three agree to
-/// rounding; the result does not depend on `threads`.
+/// \brief VJP of toeplitz_mix followed by toeplitz_normalize, by the same algorithm `algo` (resolved by
+/// the caller), for the output seed `dout` (N, E): writes the seed G into x.g and adds dΨ, dΚ, dVx and
+/// ∂L/∂log c to `x` (docs/design.md §16; the formulas in toeplitz_dense.hpp). Under `sum` and `rms` the seed
+/// needs num': dense and fft recompute it by toeplitz_mix first, banded fuses it into its own sweep. All
+/// three agree to rounding; the result does not depend on `threads`.
 template <class S>
-void toeplitz_backward(const relative_weights<S>& w, const toeplitz_vjp<S>& x, index q_first, index k_first, bool causal,
-                       toeplitz_algorithm algo, int threads = 0)
+void toeplitz_backward(const relative_weights<S>& w, toeplitz_vjp<S> x, const Eigen::Ref<const row_matrix<S>>& dout,
+                       normalization norm, S eps, index q_first, index k_first, bool causal, toeplitz_algorithm algo,
+                       int threads = 0)
 {
-    switch (algo) {
-    case toeplitz_algorithm::fft:
-        toeplitz_backward_fft<S>(w, x, q_first, k_first, causal, threads, toeplitz_fft_direct_rows<S>(x.psi.cols(), x.vx.cols()));
-        break;
-    case toeplitz_algorithm::banded:
-        toeplitz_backward_banded<S>(w, x, q_first, k_first, causal);
-        break;
-    case toeplitz_algorithm::dense:
-    default:
-        toeplitz_backward_dense<S>(w, x, q_first, k_first, causal);
-        break;
+    const bool with_num = norm != normalization::none;
+    if (algo == toeplitz_algorithm::banded) {
+        const auto seed = [&](index r0, const row_matrix<S>& num, Eigen::Ref<row_matrix<S>> g) {
+            const auto d = dout.middleRows(r0, g.rows());
+            if (with_num) toeplitz_seed<S>(num, d, g, norm, eps, w.shift);
+            else toeplitz_seed<S>(d, d, g, norm, eps, w.shift); // `none` reads no numerator
+        };
+        toeplitz_backward_banded<S>(w, x, q_first, k_first, causal, with_num, seed);
+        return;
     }
+    if (with_num) {
+        row_matrix<S> num(x.psi.rows(), x.vx.cols()); // (N, Ex)
+        toeplitz_mix<S>(w, x.psi, x.kappa, x.vx, num, q_first, k_first, causal, algo, threads);
+        toeplitz_seed<S>(num, dout, x.g, norm, eps, w.shift);
+    } else {
+        toeplitz_seed<S>(dout, dout, x.g, norm, eps, w.shift);
+    }
+    if (algo == toeplitz_algorithm::fft)
+        toeplitz_backward_fft<S>(w, x, q_first, k_first, causal, threads, toeplitz_fft_direct_rows<S>(x.psi.cols(), x.vx.cols()));
+    else
+        toeplitz_backward_dense<S>(w, x, q_first, k_first, causal);
 }
 
 } // namespace detail
