@@ -169,7 +169,7 @@ void add_weighted_rectangle_backward(toeplitz_vjp<S>& x, const vector<S>& table,
 
 /// \brief VJP of toeplitz_mix_dense (added to `x`'s outputs): the same row blocks and key tiles, each pair
 /// of blocks by add_weighted_rectangle_backward; causal blocks take their triangle as one square whose
-/// masked weights are 0. O(N·Nk·(2M + 3Ex)) time (about half when causal), O(block·tile) extra memory. Runs
+/// masked weights are 0. O(N·Nk·(3M + 2Ex)) time (about half when causal), O(block·tile) extra memory. Runs
 /// serially inside the head (every row block adds to every key row); the result depends on the shape only.
 template <class S>
 void toeplitz_backward_dense(const relative_weights<S>& w, toeplitz_vjp<S> x, index q_first, index k_first, bool causal,
