@@ -186,3 +186,50 @@ BENCHMARK_TEMPLATE(BM_lrpe_backward_over_forward, lrpe_kind::rotate, masking::no
 BENCHMARK_TEMPLATE(BM_lrpe_backward_over_forward, lrpe_kind::rotate, masking::causal)->Name("lrpe_rotate_bwd_over_fwd_causal")->Arg(1 << 14)->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_lrpe_backward_over_forward, lrpe_kind::cosine, masking::none)->Name("lrpe_cosine_bwd_over_fwd_noncausal")->Arg(1 << 14)->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_lrpe_backward_over_forward, lrpe_kind::cosine, masking::causal)->Name("lrpe_cosine_bwd_over_fwd_causal")->Arg(1 << 14)->Iterations(9)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ==== Toeplitz RPE backward, parameter gradients included (issue 15) =========================================
+// backward (dq, dk, dv and ∂L/∂b of every head, accumulated into a parameter_gradients value) / forward at
+// N = 16k, B = 1, H = 8, D = M = E = 64, float, `sum`: banded with T_max = 128 (both masks) and fft with the
+// unclipped T_max = N (non-causal). Paired runs, median of the pair ratios (bench::scaling_ratio); the
+// target is <= 3. Biases b_t = −0.01|t| + 0.1 sin(0.05 t) on every head (as bm_toeplitz).
+namespace {
+using toeplitz_attention = linear_attention<feature_maps::elu_plus_one, positional::toeplitz_rpe<float>, float>;
+
+toeplitz_attention make_toeplitz(masking mask, toeplitz_algorithm algo, index t_max)
+{
+    positional::toeplitz_rpe<float> pe(n_heads, t_max);
+    for (index h = 0; h < n_heads; ++h)
+        for (index t = -(t_max - 1); t < t_max; ++t)
+            pe.bias(h, t + t_max - 1) = static_cast<float>(-0.01 * std::abs(double(t)) + 0.1 * std::sin(0.05 * double(t)));
+    options<float> opt;
+    opt.mask = mask;
+    opt.toeplitz = algo;
+    return toeplitz_attention({}, pe, opt);
+}
+
+template <masking Mask, toeplitz_algorithm Algo>
+void BM_toeplitz_backward_over_forward(benchmark::State& state)
+{
+    const index n = state.range(0), t_max = state.range(1) > 0 ? state.range(1) : n;
+    backward_problem p(n);
+    const toeplitz_attention attn = make_toeplitz(Mask, Algo, t_max);
+    auto pg = attn.make_parameter_gradients();
+    const auto in = [&](const std::vector<float>& x) { return view_bhnd(x.data(), 1, n_heads, n, d_width); };
+    const auto out = [&](std::vector<float>& x) { return view_bhnd(x.data(), 1, n_heads, n, d_width); };
+    const auto backward = [&] {
+        attn.backward(in(p.q), in(p.k), in(p.v), in(p.dout), out(p.dq), out(p.dk), out(p.dv), 0, &p.ws, &pg);
+        benchmark::DoNotOptimize(pg.biases.data());
+        benchmark::ClobberMemory();
+    };
+    backward();
+    bench::scaling_ratio(state, [&] { p.forward(attn); }, backward, "bwd_over_fwd");
+    state.counters["T_max"] = static_cast<double>(t_max);
+}
+} // namespace
+
+BENCHMARK_TEMPLATE(BM_toeplitz_backward_over_forward, masking::none, toeplitz_algorithm::banded)
+    ->Name("toeplitz_bwd_over_fwd_banded_noncausal")->Args({1 << 14, 128})->Iterations(5)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_toeplitz_backward_over_forward, masking::causal, toeplitz_algorithm::banded)
+    ->Name("toeplitz_bwd_over_fwd_banded_causal")->Args({1 << 14, 128})->Iterations(5)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_toeplitz_backward_over_forward, masking::none, toeplitz_algorithm::fft)
+    ->Name("toeplitz_bwd_over_fwd_fft_noncausal")->Args({1 << 14, 0})->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -808,9 +808,6 @@ private:
                       "Eigen::Ref<const row_matrix<S>>& x, const Eigen::Ref<const row_matrix<S>>& phi, const "
                       "Eigen::Ref<const row_matrix<S>>& dphi, Eigen::Ref<row_matrix<S>> dx, const feature_context&) "
                       "const` writing dx = J_phi(x)^T dphi (phi = apply(x)); see examples/custom_policies.cpp.");
-        static_assert(!PositionalEncoding::has_mixing,
-                      "backward() is not available for sequence-mixing (Toeplitz) encodings in this version of "
-                      "linrpe: their gradients (mixing_weights_backward) come in the next version.");
         static_assert(detail::encoding_backward_ok<PositionalEncoding, Scalar>(),
                       "backward() needs the PositionalEncoding's VJP hooks for the stages it declares: "
                       "`encode_pre_backward(x, du, dx, first_position, head, role, double* grad)` (dx = pre^T du) "
@@ -833,7 +830,9 @@ private:
                                                 role which, index first) {
             encode_backward(x, feat, dfeat, dx, which, head, first, blocks ? blocks->slot(which, first) : nullptr);
         };
-        if (m_opt.mask == masking::causal)
+        if constexpr (PositionalEncoding::has_mixing)
+            mixing_backward(q, k, v, dout, dq, dk, dv, head, q_first, k_first, back, grad);
+        else if (m_opt.mask == masking::causal)
             detail::causal_backward<Scalar>(q, k, v, dout, dq, dk, dv, q_first, splits_sequence(call_heads, q.rows()),
                                             setup(q.cols()), m_opt.norm, m_opt.eps, encoder(head), back, ws,
                                             states ? states->initial : nullptr, states ? states->final_grad : nullptr,
@@ -842,6 +841,49 @@ private:
             detail::noncausal_backward<Scalar>(q, k, v, dout, dq, dk, dv, q_first, k_first, setup(q.cols()), m_opt.norm,
                                                m_opt.eps, encoder(head), back, ws);
         if (blocks) blocks->sum_into(grad);
+    }
+
+    // The Toeplitz branch of run_head_backward (docs/design.md §16): features recomputed for the whole head,
+    // the seed and the mixing VJP by the forward's algorithm (detail::toeplitz_backward), then the features' VJP by blocks of fused_block rows (the parameter-gradient
+    // blocks are keyed by their first row) and ∂L/∂log c into the encoding's parameters. Extra memory
+    // O((N + Nk)·(M' + Ex)).
+    template <class Back>
+    void mixing_backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq, ref dk,
+                         ref dv, index head, index q_first, index k_first, const Back& back, double* grad) const
+    {
+        const index n = q.rows(), nk = k.rows(), e = v.cols();
+        if (nk == 0) { // no key: out = 0 whatever q holds
+            dq.setZero();
+            return;
+        }
+        const bool causal = m_opt.mask == masking::causal, with_den = m_opt.norm == normalization::sum;
+        const index ex = e + (with_den ? 1 : 0);
+        const auto w = call_weights(head, n, nk, q_first, k_first, false);
+        const toeplitz_algorithm algo = detail::toeplitz_resolve<Scalar>(m_opt.toeplitz, w, n, nk, encoded_dim(q.cols()), ex,
+                                                                         k_first - q_first, causal);
+        const matrix psi = encode(q, role::query, head, q_first); // (N, M')
+        const matrix kappa = encode(k, role::key, head, k_first); // (Nk, M')
+        matrix vx(nk, ex);                                        // (Nk, Ex) = [V, 1]
+        vx.leftCols(e) = v;
+        if (with_den) vx.col(e).setOnes();
+        matrix g(n, ex); // (N, Ex): the seed, written by the mixer
+        matrix dpsi = matrix::Zero(n, psi.cols()), dkappa = matrix::Zero(nk, psi.cols()), dvx = matrix::Zero(nk, ex);
+        vector<double> dlog_c = vector<double>::Zero(w.c.size());
+        detail::toeplitz_backward<Scalar>(w, {psi, kappa, vx, g, dpsi, dkappa, dvx, grad ? &dlog_c : nullptr}, dout,
+                                          m_opt.norm, m_opt.eps, q_first, k_first, causal, algo, m_opt.threads);
+        dv = dvx.leftCols(e);
+        const auto features_backward = [&](const const_ref& x, const matrix& feat, const matrix& dfeat, ref dx, role which,
+                                           index first) {
+            detail::parallel_for((x.rows() + detail::fused_block - 1) / detail::fused_block, m_opt.threads, [&](index b) {
+                const index r0 = b * detail::fused_block, rows = std::min(detail::fused_block, x.rows() - r0);
+                back(x.middleRows(r0, rows), feat.middleRows(r0, rows), dfeat.middleRows(r0, rows), dx.middleRows(r0, rows),
+                     which, first + r0);
+            });
+        };
+        features_backward(q, psi, dpsi, dq, role::query, q_first);
+        features_backward(k, kappa, dkappa, dk, role::key, k_first);
+        if constexpr (detail::has_parameters<PositionalEncoding>::value)
+            if (grad) m_pe.mixing_weights_backward(head, w, dlog_c, grad);
     }
 
     index gradient_size() const

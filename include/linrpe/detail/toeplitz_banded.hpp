@@ -11,7 +11,9 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 namespace linrpe {
 namespace detail {
@@ -101,6 +103,125 @@ void toeplitz_mix_banded(const relative_weights<S>& w, const Eigen::Ref<const ro
             ahead_begin = hi;
         }
         if (ahead_begin < nk || ahead) num.middleRows(r0, rows).noalias() += w.far_ahead() * (psi.middleRows(r0, rows) * state);
+    }
+}
+
+/// \brief VJP of toeplitz_mix_banded (added to `x`'s outputs; docs/design.md §16, toeplitz_dense.hpp for
+/// the formulas), fused with the recomputation of the numerator that the seed needs: block by block,
+///
+///     A = (Ψ_b Κ_rectᵀ) ⊙ W,  num'_b = A Vx_rect + c_fb Ψ_b S_behind + c_fa Ψ_b S_ahead,  G_b = seed(num'_b),
+///     B = G_b Vx_rectᵀ:  ∂L/∂log c += A ⊙ B by offset,  dΨ_b += (B ⊙ W) Κ_rect,  dΚ_rect += (B ⊙ W)ᵀ Ψ_b,
+///     dVx_rect += Aᵀ G_b
+///
+/// (the rectangle is [lo, hi) of banded_rectangle; causally masked pairs have weight 0). `seed(r0, num'_b,
+/// g_b)` writes the seed rows [r0, r0 + rows) into x.g (num'_b is not formed when `with_num` is false: the
+/// `none` seed needs no numerator). The far parts are lagged states. With S_behind(b) = Σ_{j < lo_b} κ_j vx_jᵀ
+/// (forward sweep) and U_behind(b) = Σ_{b' >= b} Ψ_b'ᵀ G_b' (backward sweep), far-behind weight c_fb:
+///
+///     dΨ_b += c_fb G_b S_behindᵀ,   ∂L/∂log c_fb += c_fb Σ_{i in b} ψ_i · (S_behind g_i)
+///     keys j in [lo_{b−1}, lo_b) (far behind exactly for the blocks b' >= b):
+///         dΚ_j += c_fb U_behind(b) vx_j,   dVx_j += c_fb U_behind(b)ᵀ κ_j
+///
+/// and mirrored for the keys ahead (non-causal) with hi_b, sweeps reversed. The band costs six GEMMs against
+/// the forward's two: O(N·((R + 2T_max)·(3M + 3Ex) + 8·M·Ex)) time, O(R·(R + 2T_max) + M·Ex) extra memory
+/// (plus (N, Ex) for the far-ahead numerator). Serial inside the head.
+template <class S, class Seed>
+void toeplitz_backward_banded(const relative_weights<S>& w, toeplitz_vjp<S> x, index q_first, index k_first, bool causal,
+                              bool with_num, const Seed& seed)
+{
+    const index n = x.psi.rows(), nk = x.kappa.rows(), m = x.psi.cols(), ex = x.vx.cols();
+    if (n == 0 || nk == 0) return;
+    const index t_max = w.t_max, delta = k_first - q_first, rb = banded_block(t_max);
+    const index t_lo = std::max(-(t_max + rb), delta - n), t_hi = std::min(t_max + rb, delta + nk), off = delta - t_lo;
+    const vector<S> table = offset_table(w, t_lo, t_hi, causal);
+    std::vector<double> bins(x.dlog_c ? static_cast<std::size_t>(table.size()) : 0, 0.0);
+    const index blocks = (n + rb - 1) / rb;
+    std::vector<index> lo(static_cast<std::size_t>(blocks)), hi(lo.size());
+    for (index b = 0; b < blocks; ++b)
+        std::tie(lo[b], hi[b]) = banded_rectangle(b * rb, std::min(rb, n - b * rb), delta, t_max, nk, causal);
+    const S c_behind = w.far_behind(), c_ahead = w.far_ahead();
+    row_matrix<S> state = row_matrix<S>::Zero(m, ex), p; // (M, Ex), (rows, M)
+    const auto rows_of = [&](index b) { return std::min(rb, n - b * rb); };
+    const auto add_keys = [&](index j0, index j1) {
+        if (j1 > j0) state.noalias() += x.kappa.middleRows(j0, j1 - j0).transpose() * x.vx.middleRows(j0, j1 - j0);
+    };
+    const auto add_queries = [&](index b) {
+        state.noalias() += x.psi.middleRows(b * rb, rows_of(b)).transpose() * x.g.middleRows(b * rb, rows_of(b));
+    };
+    // The far-ahead part of num' (non-causal), from a backward sweep: (N, Ex).
+    row_matrix<S> num_ahead;
+    if (with_num && !causal) {
+        num_ahead.setZero(n, ex);
+        for (index b = blocks - 1, begin = nk; b >= 0; --b) {
+            add_keys(hi[b], begin);
+            begin = std::min(begin, hi[b]);
+            if (begin < nk) num_ahead.middleRows(b * rb, rows_of(b)).noalias() = c_ahead * (x.psi.middleRows(b * rb, rows_of(b)) * state);
+        }
+        state.setZero();
+    }
+    double far[2] = {0.0, 0.0}; // ∂L/∂log c of far behind, far ahead
+    const auto far_query_side = [&](index b, S c, double& acc) {
+        const index r0 = b * rb, rows = rows_of(b);
+        p.noalias() = x.g.middleRows(r0, rows) * state.transpose(); // (rows, M)
+        if (x.dlog_c) acc += static_cast<double>(c) * static_cast<double>((x.psi.middleRows(r0, rows).array() * p.array()).sum());
+        x.dpsi.middleRows(r0, rows).noalias() += c * p;
+    };
+    row_matrix<S> sa, sb, num; // (rows, cols), (rows, cols), (rows, Ex)
+    for (index b = 0, end = 0; b < blocks; ++b) {
+        const index r0 = b * rb, rows = rows_of(b), c0 = lo[b], cols = hi[b] - lo[b];
+        add_keys(end, lo[b]);
+        end = std::max(end, lo[b]);
+        const auto psi = x.psi.middleRows(r0, rows);                                          // (rows, M)
+        const auto kappa = x.kappa.middleRows(c0, cols), vx = x.vx.middleRows(c0, cols);      // (cols, M), (cols, Ex)
+        sa.noalias() = psi * kappa.transpose();
+        for (index i = 0; i < rows; ++i) sa.row(i).array() *= table.segment(c0 - (r0 + i) + off, cols).transpose().array();
+        if (with_num) {
+            num.noalias() = sa * vx;
+            if (end > 0) num.noalias() += c_behind * (psi * state);
+            if (!causal) num += num_ahead.middleRows(r0, rows);
+        }
+        seed(r0, num, x.g.middleRows(r0, rows));
+        const auto g = x.g.middleRows(r0, rows); // (rows, Ex)
+        sb.noalias() = g * vx.transpose();
+        for (index i = 0; i < rows; ++i) {
+            const index t0 = c0 - (r0 + i) + off;
+            if (x.dlog_c)
+                for (index j = 0; j < cols; ++j) bins[static_cast<std::size_t>(t0 + j)] += static_cast<double>(sa(i, j) * sb(i, j));
+            sb.row(i).array() *= table.segment(t0, cols).transpose().array();
+        }
+        x.dpsi.middleRows(r0, rows).noalias() += sb * kappa;
+        x.dkappa.middleRows(c0, cols).noalias() += sb.transpose() * psi;
+        x.dvx.middleRows(c0, cols).noalias() += sa.transpose() * g;
+        if (end > 0) far_query_side(b, c_behind, far[0]);
+    }
+    if (x.dlog_c) fold_offset_bins(w, bins, t_lo, *x.dlog_c);
+    const auto far_key_side = [&](index j0, index j1, S c) {
+        if (j1 <= j0) return;
+        x.dkappa.middleRows(j0, j1 - j0).noalias() += c * (x.vx.middleRows(j0, j1 - j0) * state.transpose());
+        x.dvx.middleRows(j0, j1 - j0).noalias() += c * (x.kappa.middleRows(j0, j1 - j0) * state);
+    };
+    // Far behind, key side: U_behind over the blocks from the last.
+    state.setZero();
+    for (index b = blocks - 1; b >= 0; --b) {
+        add_queries(b);
+        far_key_side(b > 0 ? lo[b - 1] : 0, lo[b], c_behind);
+    }
+    if (!causal) {
+        state.setZero();
+        for (index b = blocks - 1, begin = nk; b >= 0; --b) {
+            add_keys(hi[b], begin);
+            begin = std::min(begin, hi[b]);
+            if (begin < nk) far_query_side(b, c_ahead, far[1]);
+        }
+        state.setZero();
+        for (index b = 0; b < blocks; ++b) {
+            add_queries(b);
+            far_key_side(hi[b], b + 1 < blocks ? hi[b + 1] : nk, c_ahead);
+        }
+    }
+    if (x.dlog_c) {
+        (*x.dlog_c)[0] += far[0];
+        (*x.dlog_c)[2 * t_max - 2] += far[1];
     }
 }
 

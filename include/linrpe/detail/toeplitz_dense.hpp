@@ -11,6 +11,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <vector>
 
 namespace linrpe {
 namespace detail {
@@ -101,6 +102,98 @@ void toeplitz_mix_dense(const relative_weights<S>& w, const Eigen::Ref<const row
             add_weighted_rectangle<S>(psi, kappa, vx, table, n - 1, r0, rows, c0, std::min(tile, full - c0), num, scores);
         if (causal) add_weighted_triangle<S>(psi, kappa, vx, table, n - 1, r0, rows, r0 - delta, num, scores);
     });
+}
+
+// ---- backward (docs/design.md §16) ----------------------------------------------------------------------
+//
+// With Ā = W ⊙ (Ψ Κᵀ) and the seed G (N, Ex) of num = Ā Vx (normalize.hpp), the VJP of the mixing is
+//
+//     dΨ = (W ⊙ G Vxᵀ) Κ,   dΚ = (W ⊙ G Vxᵀ)ᵀ Ψ,   dVx = Āᵀ G,
+//     ∂L/∂(log c_t) = c_t ∂L/∂c_t = Σ_{(i, j) at offset t} W_ij (ψ_i·κ_j)(g_i·vx_j)
+//
+// the last summed into the stored (clipped) index of t, so the two end entries collect every offset beyond
+// ±(T_max − 1). Mixers report this weighted form (exactly what the weights they used contribute, causal
+// mask and flushed subnormals included); the encoding chains it into its parameters (toeplitz_rpe: c =
+// exp(b − shift), so it is ∂L/∂b itself).
+
+/// \brief Inputs and outputs of a Toeplitz mixing VJP for one head: ψ (N, M), κ (Nk, M), Vx (Nk, Ex), the
+/// seed G (N, Ex); dΨ, dΚ, dVx are ADDED to, and so is dlog_c (2·T_max − 1, by stored offset index) when
+/// not null. sub() views rows [r0, r0 + rows) of the query side and [c0, c0 + cols) of the key side.
+template <class S>
+struct toeplitz_vjp {
+    Eigen::Ref<const row_matrix<S>> psi, kappa, vx;
+    Eigen::Ref<row_matrix<S>> g, dpsi, dkappa, dvx; // g: read, or written by a mixer that forms the seed itself
+    vector<double>* dlog_c;
+
+    toeplitz_vjp sub(index r0, index rows, index c0, index cols)
+    {
+        return {psi.middleRows(r0, rows), kappa.middleRows(c0, cols), vx.middleRows(c0, cols), g.middleRows(r0, rows),
+                dpsi.middleRows(r0, rows),  dkappa.middleRows(c0, cols), dvx.middleRows(c0, cols), dlog_c};
+    }
+};
+
+/// dlog_c[stored index of t] += bins[t − t_lo] for every offset t of the bins (clipped into the end entries).
+template <class S>
+void fold_offset_bins(const relative_weights<S>& w, const std::vector<double>& bins, index t_lo, vector<double>& dlog_c)
+{
+    for (std::size_t k = 0; k < bins.size(); ++k)
+        dlog_c[std::clamp<index>(t_lo + static_cast<index>(k), -(w.t_max - 1), w.t_max - 1) + w.t_max - 1] += bins[k];
+}
+
+/// \brief VJP of add_weighted_rectangle over rows [r0, r0 + rows) and keys [c0, c0 + cols) of `x`, weights
+/// table[j − i + off] (0 where causally masked): two score GEMMs A = Ψ_r Κ_cᵀ, B = G_r Vx_cᵀ, weighted
+/// per row, then dΨ_r += B Κ_c, dΚ_c += Bᵀ Ψ_r, dVx_c += Aᵀ G_r, and bins[j − i + off] += A_ij B_ij (B
+/// weighted, so masked pairs add nothing). `a`, `b` are scratch.
+template <class S>
+void add_weighted_rectangle_backward(toeplitz_vjp<S>& x, const vector<S>& table, index off, index r0, index rows,
+                                     index c0, index cols, std::vector<double>* bins, row_matrix<S>& a, row_matrix<S>& b)
+{
+    if (rows <= 0 || cols <= 0) return;
+    const auto psi = x.psi.middleRows(r0, rows), g = x.g.middleRows(r0, rows);  // (rows, M), (rows, Ex)
+    const auto kappa = x.kappa.middleRows(c0, cols), vx = x.vx.middleRows(c0, cols); // (cols, M), (cols, Ex)
+    a.noalias() = psi * kappa.transpose(); // (rows, cols)
+    b.noalias() = g * vx.transpose();      // (rows, cols)
+    for (index i = 0; i < rows; ++i) {
+        const index t0 = c0 - (r0 + i) + off;
+        const auto wi = table.segment(t0, cols).transpose().array();
+        b.row(i).array() *= wi;
+        if (bins)
+            for (index j = 0; j < cols; ++j)
+                (*bins)[static_cast<std::size_t>(t0 + j)] += static_cast<double>(a(i, j) * b(i, j));
+        a.row(i).array() *= wi;
+    }
+    x.dpsi.middleRows(r0, rows).noalias() += b * kappa;
+    x.dkappa.middleRows(c0, cols).noalias() += b.transpose() * psi;
+    x.dvx.middleRows(c0, cols).noalias() += a.transpose() * g;
+}
+
+/// \brief VJP of toeplitz_mix_dense (added to `x`'s outputs): the same row blocks and key tiles, each pair
+/// of blocks by add_weighted_rectangle_backward; causal blocks take their triangle as one square whose
+/// masked weights are 0. O(N·Nk·(3M + 2Ex)) time (about half when causal), O(block·tile) extra memory. Runs
+/// serially inside the head (every row block adds to every key row); the result depends on the shape only.
+template <class S>
+void toeplitz_backward_dense(const relative_weights<S>& w, toeplitz_vjp<S> x, index q_first, index k_first, bool causal,
+                             index block = 128)
+{
+    const index n = x.psi.rows(), nk = x.kappa.rows();
+    if (n == 0 || nk == 0) return;
+    const index delta = k_first - q_first, t_lo = delta - (n - 1);
+    const vector<S> table = offset_table(w, t_lo, delta + nk - 1, causal);
+    std::vector<double> bins(x.dlog_c ? static_cast<std::size_t>(table.size()) : 0, 0.0);
+    std::vector<double>* b = x.dlog_c ? &bins : nullptr;
+    constexpr index tile = 1024;
+    row_matrix<S> sa, sb;
+    for (index r0 = 0; r0 < n; r0 += block) {
+        const index rows = std::min(block, n - r0);
+        const index full = causal ? std::clamp<index>(r0 - delta, 0, nk) : nk;
+        for (index c0 = 0; c0 < full; c0 += tile)
+            add_weighted_rectangle_backward<S>(x, table, n - 1, r0, rows, c0, std::min(tile, full - c0), b, sa, sb);
+        if (causal) {
+            const index hi = std::clamp<index>(r0 + rows - delta, full, nk);
+            add_weighted_rectangle_backward<S>(x, table, n - 1, r0, rows, full, hi - full, b, sa, sb);
+        }
+    }
+    if (x.dlog_c) fold_offset_bins(w, bins, t_lo, *x.dlog_c);
 }
 
 } // namespace detail

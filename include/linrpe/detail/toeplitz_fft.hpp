@@ -108,6 +108,9 @@ public:
     }
 
     index length() const { return m_length; }
+    /// ĥ (L values, the 1/L of the inverse folded in): the spectrum of C; Cᵀ has its conjugate (h is real,
+    /// and Cᵀ's circulant column is h reversed).
+    const std::vector<cpx>& spectrum() const { return m_hhat; }
 
     /// \brief The mutable half of a run: input, spectrum and output buffers of tile·L complex values each,
     /// and the forward and inverse plans over them, for runs of `channels` channels (tile = min(engine tile,
@@ -269,6 +272,29 @@ void toeplitz_mix_fft_rectangle(const relative_weights<S>& w, const Eigen::Ref<c
     num = nt.transpose();
 }
 
+/// \brief The pieces of the causal divide and conquer (toeplitz_mix_fft) for N rows and key offset delta:
+/// add(r0, rows, c0, c1, visible_to_all) for the keys [0, −delta) visible to every row, then the triangle of
+/// rows [r0, r0 + rows) (row r0 + a sees keys [c0, c0 + a], c0 = r0 − delta) halved recursively into its
+/// lower half's rectangle of the upper half's keys (visible_to_all) and two half triangles, down to
+/// triangles of fewer than 2·direct_rows rows (visible_to_all false). Keys are not clamped to [0, Nk).
+template <class Add>
+void causal_fft_pieces(index n, index delta, index direct_rows, const Add& add)
+{
+    const auto triangle = [&](const auto& self, index r0, index rows) -> void {
+        const index c0 = r0 - delta;
+        if (rows / 2 < direct_rows) {
+            add(r0, rows, c0, c0 + rows, false);
+            return;
+        }
+        const index h = rows / 2;
+        self(self, r0, h);
+        add(r0 + h, rows - h, c0, c0 + h, true);
+        self(self, r0 + h, rows - h);
+    };
+    add(0, n, 0, -delta, true);
+    triangle(triangle, 0, n);
+}
+
 /// \brief The FFT algorithm, causal or not. Non-causal: toeplitz_mix_fft_rectangle (Luo et al.).
 ///
 /// Causal: one circulant over the whole sequence would let every input, future ones included, enter every
@@ -311,20 +337,145 @@ void toeplitz_mix_fft(const relative_weights<S>& w, const Eigen::Ref<const row_m
             toeplitz_mix_dense<S>(w, p, k, v, part, q_first + r0, k_first + c0, !visible_to_all, 128, threads);
         num.middleRows(r0, rows) += part;
     };
-    // Triangle of rows [r0, r0 + rows): row r0 + a sees keys [c0, c0 + a] (c0 = r0 − delta).
-    const auto triangle = [&](const auto& self, index r0, index rows) -> void {
-        const index c0 = r0 - delta;
-        if (rows / 2 < direct_rows) {
-            add(r0, rows, c0, c0 + rows, false);
-            return;
+    causal_fft_pieces(n, delta, direct_rows, add);
+}
+
+/// \brief VJP of toeplitz_mix_fft_rectangle (added to `x`'s outputs; formulas in toeplitz_dense.hpp). For
+/// every channel pair (μ, ν) with A = κ_μ ⊙ vx_ν (Nk) and B = ψ_μ ⊙ g_ν (N), one forward transform each gives
+///
+///     Y = C A:    dΨ_iμ += g_iν Y_i
+///     Z = Cᵀ B:   dΚ_jμ += vx_jν Z_j,   dVx_jν += κ_jμ Z_j          (Cᵀ's spectrum is conj(ĥ))
+///     r = B ⋆ A:  r_s = Σ_i B_i A_{i+s}, so ∂L/∂log c_t += c_t r_{t − delta}   (spectrum conj(B̂)·Â)
+///
+/// Channels go in pairs μ, μ + 1 through one complex lane as in the forward; the real part of the complex
+/// correlation of two packed lanes is the sum of the two real correlations, so the correlation spectra of
+/// all lanes are summed (in double) and inverted once. Four transforms per lane against the forward's two:
+/// O(M·Ex·L log L). Threads take a fixed number of groups of value columns ν (the partition depends on Ex
+/// only): each group owns its dVx columns and keeps partial dΨ, dΚ and correlation sums, added in group
+/// order, so the result is bit-identical for any thread count. Extra memory O(groups·(N + Nk)·M + tile·L).
+template <class S, class Backend = fft::default_backend>
+void toeplitz_backward_fft_rectangle(const relative_weights<S>& w, toeplitz_vjp<S> x, index q_first, index k_first,
+                                     int threads = 0)
+{
+    using cpx = std::complex<S>;
+    using buffer = std::vector<cpx, Eigen::aligned_allocator<cpx>>;
+    using transform = typename Backend::template transform<S>;
+    const index n = x.psi.rows(), nk = x.kappa.rows(), m = x.psi.cols(), ex = x.vx.cols();
+    if (n == 0 || nk == 0 || m == 0 || ex == 0) return;
+    const index delta = k_first - q_first;
+    const toeplitz_fft_engine<S, Backend> engine(w, n, nk, delta);
+    const index length = engine.length(), dist = (length + 7) / 8 * 8, lanes = (m + 1) / 2;
+    const std::vector<cpx>& hhat = engine.spectrum();
+    const row_matrix<S> kt = x.kappa.transpose(), vt = x.vx.transpose(); // (M, Nk), (Ex, Nk)
+    const row_matrix<S> pt = x.psi.transpose(), gt = x.g.transpose();    // (M, N), (Ex, N)
+    row_matrix<S> dvt = row_matrix<S>::Zero(ex, nk);                      // (Ex, Nk): row ν owned by its group
+    const index groups = std::min<index>(ex, 4);
+    std::vector<row_matrix<S>> dpt(static_cast<std::size_t>(groups)), dkt(dpt.size()); // (M, N), (M, Nk)
+    std::vector<std::vector<std::complex<double>>> corr(dpt.size());
+    parallel_for(groups, threads, [&](index gi) {
+        const index tile = std::min<index>(lanes, 8);
+        buffer in_a(static_cast<std::size_t>(tile * dist), cpx(0)), in_b(in_a.size()), sp_a(in_a.size()), sp_b(in_a.size()),
+            out_a(in_a.size()), out_b(in_a.size()); // inputs stay zero beyond Nk (A) and N (B)
+        transform fwd_a(length, tile, dist, in_a.data(), sp_a.data(), false), fwd_b(length, tile, dist, in_b.data(), sp_b.data(), false);
+        transform inv_a(length, tile, dist, sp_a.data(), out_a.data(), true), inv_b(length, tile, dist, sp_b.data(), out_b.data(), true);
+        row_matrix<S>& dp = dpt[gi];
+        row_matrix<S>& dk = dkt[gi];
+        dp.setZero(m, n);
+        dk.setZero(m, nk);
+        std::vector<std::complex<double>>& acc = corr[gi];
+        acc.assign(x.dlog_c ? static_cast<std::size_t>(length) : 0, std::complex<double>(0));
+        for (index nu = ex * gi / groups; nu < ex * (gi + 1) / groups; ++nu) {
+            const S* v = vt.row(nu).data();
+            const S* gv = gt.row(nu).data();
+            S* dv = dvt.row(nu).data();
+            for (index lane0 = 0; lane0 < lanes; lane0 += tile) {
+                const index count = std::min(tile, lanes - lane0);
+                for (index p = 0; p < count; ++p) {
+                    const index mu = 2 * (lane0 + p);
+                    const bool pair = mu + 1 < m;
+                    cpx* a = in_a.data() + p * dist;
+                    cpx* b = in_b.data() + p * dist;
+                    for (index j = 0; j < nk; ++j) a[j] = cpx(kt(mu, j) * v[j], pair ? kt(mu + 1, j) * v[j] : S(0));
+                    for (index i = 0; i < n; ++i) b[i] = cpx(pt(mu, i) * gv[i], pair ? pt(mu + 1, i) * gv[i] : S(0));
+                }
+                fwd_a.execute();
+                fwd_b.execute();
+                for (index p = 0; p < tile; ++p) {
+                    cpx* a = sp_a.data() + p * dist;
+                    cpx* b = sp_b.data() + p * dist;
+                    for (index f = 0; f < length; ++f) {
+                        if (p < count && x.dlog_c)
+                            acc[static_cast<std::size_t>(f)] += std::complex<double>(std::conj(b[f]) * a[f]);
+                        const cpx h = hhat[static_cast<std::size_t>(f)];
+                        a[f] *= h;
+                        b[f] *= std::conj(h);
+                    }
+                }
+                inv_a.execute();
+                inv_b.execute();
+                for (index p = 0; p < count; ++p) {
+                    const index mu = 2 * (lane0 + p);
+                    const bool pair = mu + 1 < m;
+                    const cpx* y = out_a.data() + p * dist;
+                    const cpx* z = out_b.data() + p * dist;
+                    for (index i = 0; i < n; ++i) dp(mu, i) += gv[i] * y[i].real();
+                    for (index j = 0; j < nk; ++j) {
+                        dk(mu, j) += v[j] * z[j].real();
+                        dv[j] += kt(mu, j) * z[j].real();
+                    }
+                    if (!pair) continue;
+                    for (index i = 0; i < n; ++i) dp(mu + 1, i) += gv[i] * y[i].imag();
+                    for (index j = 0; j < nk; ++j) {
+                        dk(mu + 1, j) += v[j] * z[j].imag();
+                        dv[j] += kt(mu + 1, j) * z[j].imag();
+                    }
+                }
+            }
         }
-        const index h = rows / 2;
-        self(self, r0, h);
-        add(r0 + h, rows - h, c0, c0 + h, true);
-        self(self, r0 + h, rows - h);
+    });
+    for (index gi = 0; gi < groups; ++gi) {
+        x.dpsi.noalias() += dpt[gi].transpose();
+        x.dkappa.noalias() += dkt[gi].transpose();
+    }
+    x.dvx.noalias() += dvt.transpose();
+    if (!x.dlog_c) return;
+    using dtransform = typename Backend::template transform<double>;
+    std::vector<std::complex<double>> sum(static_cast<std::size_t>(length), 0.0), r(sum.size());
+    for (index gi = 0; gi < groups; ++gi)
+        for (index f = 0; f < length; ++f) sum[static_cast<std::size_t>(f)] += corr[gi][static_cast<std::size_t>(f)];
+    dtransform(length, 1, length, sum.data(), r.data(), true).execute();
+    // Offsets s = j − i in [−(N − 1), Nk − 1] sit at s mod L (no aliasing: L >= N + Nk − 1).
+    std::vector<double> bins(static_cast<std::size_t>(n + nk - 1));
+    for (index s = -(n - 1); s < nk; ++s)
+        bins[static_cast<std::size_t>(s + n - 1)] =
+            static_cast<double>(w.at(s + delta)) * r[static_cast<std::size_t>((s + length) % length)].real() / double(length);
+    fold_offset_bins(w, bins, delta - (n - 1), *x.dlog_c);
+}
+
+/// \brief VJP of toeplitz_mix_fft (added to `x`'s outputs): non-causal the rectangle VJP; causal the same
+/// divide and conquer as the forward, each FFT rectangle by toeplitz_backward_fft_rectangle and each direct
+/// piece by toeplitz_backward_dense. O(M·Ex·N log² N) causal.
+template <class S, class Backend = fft::default_backend>
+void toeplitz_backward_fft(const relative_weights<S>& w, toeplitz_vjp<S> x, index q_first, index k_first, bool causal,
+                           int threads = 0, index direct_rows = 64)
+{
+    if (!causal) {
+        toeplitz_backward_fft_rectangle<S, Backend>(w, x, q_first, k_first, threads);
+        return;
+    }
+    const index n = x.psi.rows(), nk = x.kappa.rows(), delta = k_first - q_first;
+    if (n == 0) return;
+    direct_rows = std::max<index>(direct_rows, 1);
+    const auto add = [&](index r0, index rows, index c0, index c1, bool visible_to_all) {
+        c0 = std::max<index>(c0, 0), c1 = std::min(c1, nk);
+        if (rows <= 0 || c1 <= c0) return;
+        const toeplitz_vjp<S> part = x.sub(r0, rows, c0, c1 - c0);
+        if (visible_to_all && std::min(rows, c1 - c0) >= direct_rows)
+            toeplitz_backward_fft_rectangle<S, Backend>(w, part, q_first + r0, k_first + c0, threads);
+        else
+            toeplitz_backward_dense<S>(w, part, q_first + r0, k_first + c0, !visible_to_all);
     };
-    add(0, n, 0, -delta, true);
-    triangle(triangle, 0, n);
+    causal_fft_pieces(n, delta, direct_rows, add);
 }
 
 /// \brief Y (N, F) = C X for X (Nk, F), C_ij = w(j − i + delta) (0 for j − i + delta > 0 when causal), by FFT

@@ -122,5 +122,72 @@ void toeplitz_mix(const relative_weights<S>& w, const Eigen::Ref<const row_matri
     }
 }
 
+/// \brief Seed G (N, Ex) of the Toeplitz backward for num' (N, Ex) computed with c = e^{−shift}·(true
+/// weights) and the output seed dout (N, E): the VJP of toeplitz_normalize, i.e. of
+///     sum:  out = num'_v / (den' + eps·e^{−shift})      G = [dout / d,  −(dout·num'_v) / d²]
+///     none: out = e^{shift} num'                         G = e^{shift} dout
+///     rms:  out = num' / sqrt(mean num'² + eps·e^{−2 shift})   (rms_seed)
+/// so that the mixing VJP with the same c gives the gradients of the computed function (shift included).
+template <class S>
+void toeplitz_seed(const Eigen::Ref<const row_matrix<S>>& num, const Eigen::Ref<const row_matrix<S>>& dout,
+                   Eigen::Ref<row_matrix<S>> g, normalization norm, S eps, double shift)
+{
+    using wide = long double;
+    const index e = dout.cols();
+    switch (norm) {
+    case normalization::sum: {
+        const vector<S> den = num.col(e);
+        const vector<S> dot = (dout.array() * num.leftCols(e).array()).rowwise().sum().matrix(); // (N)
+        vector<S> inv, g_den(den.size());
+        sum_seed<S>(den, dot, static_cast<S>(static_cast<wide>(eps) * std::exp(-static_cast<wide>(shift))), inv, g_den);
+        g.col(e) = g_den;
+        g.leftCols(e) = (dout.array().colwise() * inv.array()).matrix();
+        break;
+    }
+    case normalization::none: {
+        const wide scale = std::exp(static_cast<wide>(shift));
+        for (index i = 0; i < g.rows(); ++i)
+            for (index c = 0; c < e; ++c) g(i, c) = static_cast<S>(static_cast<wide>(dout(i, c)) * scale);
+        break;
+    }
+    case normalization::rms:
+        rms_seed<S>(num, dout, g, static_cast<S>(static_cast<wide>(eps) * std::exp(-2 * static_cast<wide>(shift))));
+        break;
+    }
+}
+
+/// \brief VJP of toeplitz_mix followed by toeplitz_normalize, by the same algorithm `algo` (resolved by
+/// the caller), for the output seed `dout` (N, E): writes the seed G into x.g and adds dΨ, dΚ, dVx and
+/// ∂L/∂log c to `x` (docs/design.md §16; the formulas in toeplitz_dense.hpp). Under `sum` and `rms` the seed
+/// needs num': dense and fft recompute it by toeplitz_mix first, banded fuses it into its own sweep. All
+/// three agree to rounding; the result does not depend on `threads`.
+template <class S>
+void toeplitz_backward(const relative_weights<S>& w, toeplitz_vjp<S> x, const Eigen::Ref<const row_matrix<S>>& dout,
+                       normalization norm, S eps, index q_first, index k_first, bool causal, toeplitz_algorithm algo,
+                       int threads = 0)
+{
+    const bool with_num = norm != normalization::none;
+    if (algo == toeplitz_algorithm::banded) {
+        const auto seed = [&](index r0, const row_matrix<S>& num, Eigen::Ref<row_matrix<S>> g) {
+            const auto d = dout.middleRows(r0, g.rows());
+            if (with_num) toeplitz_seed<S>(num, d, g, norm, eps, w.shift);
+            else toeplitz_seed<S>(d, d, g, norm, eps, w.shift); // `none` reads no numerator
+        };
+        toeplitz_backward_banded<S>(w, x, q_first, k_first, causal, with_num, seed);
+        return;
+    }
+    if (with_num) {
+        row_matrix<S> num(x.psi.rows(), x.vx.cols()); // (N, Ex)
+        toeplitz_mix<S>(w, x.psi, x.kappa, x.vx, num, q_first, k_first, causal, algo, threads);
+        toeplitz_seed<S>(num, dout, x.g, norm, eps, w.shift);
+    } else {
+        toeplitz_seed<S>(dout, dout, x.g, norm, eps, w.shift);
+    }
+    if (algo == toeplitz_algorithm::fft)
+        toeplitz_backward_fft<S>(w, x, q_first, k_first, causal, threads, toeplitz_fft_direct_rows<S>(x.psi.cols(), x.vx.cols()));
+    else
+        toeplitz_backward_dense<S>(w, x, q_first, k_first, causal);
+}
+
 } // namespace detail
 } // namespace linrpe

@@ -89,6 +89,76 @@ public:
     {
         return mixing.template mixing_weights<S>(head, t_first, t_last);
     }
+
+    // ---- backward (docs/design.md §16): the chain through both parts --------------------------------------
+
+    /// The VJP hooks of A, forwarded (present exactly when A has them); A's parameters come first in the
+    /// flat gradient of a head, so grad is passed as it is.
+    template <class S, class AA = A>
+    auto encode_pre_backward(const Eigen::Ref<const row_matrix<S>>& x, const Eigen::Ref<const row_matrix<S>>& du,
+                             Eigen::Ref<row_matrix<S>> dx, index first_position, index head, role which, double* grad) const
+        -> decltype(std::declval<const AA&>().encode_pre_backward(x, du, dx, first_position, head, which, grad), void())
+    {
+        feature_side.encode_pre_backward(x, du, dx, first_position, head, which, grad);
+    }
+    template <class S, class AA = A>
+    auto encode_post_backward(const Eigen::Ref<const row_matrix<S>>& phi, const Eigen::Ref<const row_matrix<S>>& dpsi,
+                              Eigen::Ref<row_matrix<S>> dphi, index first_position, index head, role which, double* grad) const
+        -> decltype(std::declval<const AA&>().encode_post_backward(phi, dpsi, dphi, first_position, head, which, grad), void())
+    {
+        feature_side.encode_post_backward(phi, dpsi, dphi, first_position, head, which, grad);
+    }
+    /// B's VJP hook, its parameters after A's in the flat gradient of a head.
+    template <class S, class BB = B>
+    auto mixing_weights_backward(index head, const detail::relative_weights<S>& used, const vector<double>& dlog_c,
+                                 double* grad) const
+        -> decltype(std::declval<const BB&>().mixing_weights_backward(head, used, dlog_c, grad), void())
+    {
+        mixing.mixing_weights_backward(head, used, dlog_c, grad ? grad + size_of(feature_side) : nullptr);
+    }
+
+    /// Both parts' parameter gradients (linrpe::no_parameters for a part that learns nothing); the flat
+    /// layout of one head is A's P_A values, then B's P_B.
+    struct parameter_gradients {
+        typename detail::parameter_gradients_of<A>::type feature_side;
+        typename detail::parameter_gradients_of<B>::type mixing;
+    };
+    parameter_gradients make_parameter_gradients() const { return {make_of(feature_side), make_of(mixing)}; }
+    index gradient_size() const { return size_of(feature_side) + size_of(mixing); }
+    void add_gradients(index head, const double* flat, parameter_gradients& pg) const
+    {
+        add_of(feature_side, head, flat, pg.feature_side);
+        add_of(mixing, head, flat + size_of(feature_side), pg.mixing);
+    }
+    void validate_gradients(const parameter_gradients& pg) const
+    {
+        validate_of(feature_side, pg.feature_side);
+        validate_of(mixing, pg.mixing);
+    }
+
+private:
+    template <class P>
+    static auto make_of(const P& p)
+    {
+        if constexpr (detail::has_parameters<P>::value) return p.make_parameter_gradients();
+        else return no_parameters{};
+    }
+    template <class P>
+    static index size_of(const P& p)
+    {
+        if constexpr (detail::has_parameters<P>::value) return p.gradient_size();
+        else return 0;
+    }
+    template <class P, class G>
+    static void add_of(const P& p, index head, const double* flat, G& g)
+    {
+        if constexpr (detail::has_parameters<P>::value) p.add_gradients(head, flat, g);
+    }
+    template <class P, class G>
+    static void validate_of(const P& p, const G& g)
+    {
+        if constexpr (detail::has_validate_gradients<P, G>::value) p.validate_gradients(g);
+    }
 };
 
 } // namespace positional

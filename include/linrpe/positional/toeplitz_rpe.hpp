@@ -87,6 +87,52 @@ public:
         bias.row(head) = b.transpose();
     }
 
+    /// Sets every head's b from (H, 2·T_max − 1) values (the shape of parameter_gradients::biases, so that an
+    /// optimizer step reads `set_biases(b − lr·g)`); validated (shape, finite) before anything changes.
+    template <class T>
+    void set_biases(const row_matrix<T>& b)
+    {
+        if (b.rows() != bias.rows() || b.cols() != 2 * m_t_max - 1)
+            detail::fail("toeplitz_rpe biases shape", detail::shape(bias.rows(), 2 * m_t_max - 1), detail::shape(b.rows(), b.cols()));
+        detail::require_all_finite("toeplitz_rpe biases", b);
+        bias = b.template cast<Scalar>();
+    }
+
+    // ---- parameter gradients (docs/design.md §16) -------------------------------------------------------------
+
+    /// \brief ∂L/∂b for every head and stored offset, in double: biases(h, t + T_max − 1); clipped offsets
+    /// (|t| >= T_max) are folded into the two end columns, and a causal call gives 0 for t > 0.
+    struct parameter_gradients {
+        row_matrix<double> biases; ///< (H, 2·T_max − 1)
+    };
+    parameter_gradients make_parameter_gradients() const
+    {
+        return {row_matrix<double>::Zero(bias.rows(), 2 * m_t_max - 1)};
+    }
+    /// P = 2·T_max − 1 biases per head.
+    index gradient_size() const { return 2 * m_t_max - 1; }
+    void add_gradients(index head, const double* flat, parameter_gradients& pg) const
+    {
+        pg.biases.row(head) += Eigen::Map<const Eigen::RowVectorXd>(flat, gradient_size());
+    }
+    void validate_gradients(const parameter_gradients& pg) const
+    {
+        if (pg.biases.rows() != bias.rows() || pg.biases.cols() != gradient_size())
+            detail::fail("parameter_gradients.biases shape", detail::shape(bias.rows(), gradient_size()),
+                         detail::shape(pg.biases.rows(), pg.biases.cols()));
+    }
+    /// \brief VJP hook of mixing_weights: the mixers report, for the weights `used` that they applied
+    /// (c_t = exp(b_t − shift), the shift included), dlog_c[t + T_max − 1] = c_t·∂L/∂c_t summed over every
+    /// pair whose clipped offset is t. That is ∂L/∂b_t: the result does not depend on the shift a call picks
+    /// (the front folds e^{shift} back exactly), so holding it fixed is exact. Adds into grad[0, P).
+    template <class S>
+    void mixing_weights_backward(index /*head*/, const detail::relative_weights<S>& /*used*/, const vector<double>& dlog_c,
+                                 double* grad) const
+    {
+        if (!grad) return;
+        for (index i = 0; i < gradient_size(); ++i) grad[i] += dlog_c[i];
+    }
+
     /// c = exp(b) > 0 keeps scores non-negative whenever φ >= 0.
     bool preserves_positivity(index /*max_offset*/) const { return true; }
 
