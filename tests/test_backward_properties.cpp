@@ -39,7 +39,7 @@ void require_reference(const linear_attention<Map, positional::none, S>& attn, c
 } // namespace
 
 TEMPLATE_TEST_CASE("causal gradients: dK_j, dV_j ignore dOut before j; dQ_i ignores tokens after i (bit-exact)",
-                   "[backward][causal]", float, double)
+                   "[backward][causal]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index n = 300, d = 6, e = 5, t = 137; // t inside a chunk and a segment
@@ -77,7 +77,7 @@ TEMPLATE_TEST_CASE("causal gradients: dK_j, dV_j ignore dOut before j; dQ_i igno
     REQUIRE(checked == 6);
 }
 
-TEMPLATE_TEST_CASE("causal backward: chunk sizes and segment splits agree with the reference", "[backward][causal]", float, double)
+TEMPLATE_TEST_CASE("causal backward: chunk sizes and segment splits agree with the reference", "[backward][causal]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index d = 6, e = 5;
@@ -120,7 +120,7 @@ TEMPLATE_TEST_CASE("causal backward: chunk sizes and segment splits agree with t
 }
 
 TEMPLATE_TEST_CASE("batched backward: both layouts equal the reference; thread counts 1, 2, 3 bit-identical",
-                   "[backward][batched]", float, double)
+                   "[backward][batched]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index b = 2, h = 3, d = 6, e = 5;

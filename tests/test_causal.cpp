@@ -29,7 +29,7 @@ linrpe::index no_leak(const Map& map, normalization norm)
 }
 } // namespace
 
-TEMPLATE_TEST_CASE("causal outputs up to t ignore tokens after t (bit-identical)", "[causal]", float, double)
+TEMPLATE_TEST_CASE("causal outputs up to t ignore tokens after t (bit-identical)", "[causal]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     for (const normalization norm : {normalization::sum, normalization::none, normalization::rms}) {
@@ -43,7 +43,7 @@ TEMPLATE_TEST_CASE("causal outputs up to t ignore tokens after t (bit-identical)
     }
 }
 
-TEMPLATE_TEST_CASE("chunk sizes {1, C-1, C, C+1, >= N} agree", "[causal][chunk]", float, double)
+TEMPLATE_TEST_CASE("chunk sizes {1, C-1, C, C+1, >= N} agree", "[causal][chunk]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index n = 200, d = 8, e = 5, c = 64;
@@ -65,7 +65,7 @@ TEMPLATE_TEST_CASE("chunk sizes {1, C-1, C, C+1, >= N} agree", "[causal][chunk]"
     }
 }
 
-TEMPLATE_TEST_CASE("decoder: prefill of p tokens + single steps equals the batched causal call", "[causal][decoder]", float, double)
+TEMPLATE_TEST_CASE("decoder: prefill of p tokens + single steps equals the batched causal call", "[causal][decoder]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index b = 2, h = 3, n = 90, d = 6, e = 4;
@@ -107,7 +107,7 @@ TEMPLATE_TEST_CASE("decoder: prefill of p tokens + single steps equals the batch
 }
 
 TEMPLATE_TEST_CASE("decoder: long prefills split into parallel segments continue the carried state", "[causal][decoder]",
-                   float, double)
+                   LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     // One sequence (fewer than 8 in the call): a short prefill (one segment), then one longer than a

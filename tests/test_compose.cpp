@@ -46,7 +46,7 @@ int check(const Map& map, const Feature& feature, normalization norm, masking ma
 }
 } // namespace
 
-TEMPLATE_TEST_CASE("SPE + Toeplitz equals the exact reference for every algorithm", "[compose][spe][toeplitz]", float, double)
+TEMPLATE_TEST_CASE("SPE + Toeplitz equals the exact reference for every algorithm", "[compose][spe][toeplitz]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const positional::sine_spe<S> sine(2, 6, 3, 16, 7, true);
@@ -61,7 +61,7 @@ TEMPLATE_TEST_CASE("SPE + Toeplitz equals the exact reference for every algorith
     REQUIRE(checked == 2 * 4 * 3); // masks × algorithms × configurations
 }
 
-TEMPLATE_TEST_CASE("LRPE + Toeplitz equals the exact reference for every algorithm", "[compose][lrpe][toeplitz]", float, double)
+TEMPLATE_TEST_CASE("LRPE + Toeplitz equals the exact reference for every algorithm", "[compose][lrpe][toeplitz]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const auto rope = positional::lrpe<S>::rope(6, 2);
@@ -76,7 +76,7 @@ TEMPLATE_TEST_CASE("LRPE + Toeplitz equals the exact reference for every algorit
     REQUIRE(checked == 2 * 4 * 2 * 2); // masks × algorithms × normalizations × cores
 }
 
-TEMPLATE_TEST_CASE("SPE + Toeplitz: prefill + steps equals the batched causal call", "[compose][decoder]", float, double)
+TEMPLATE_TEST_CASE("SPE + Toeplitz: prefill + steps equals the batched causal call", "[compose][decoder]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index b = 1, h = 2, n = 70, d = 6, e = 3;

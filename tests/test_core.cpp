@@ -48,7 +48,7 @@ int sweep(const Map& map, index d)
 }
 } // namespace
 
-TEMPLATE_TEST_CASE("core equals the explicit reference for every feature map", "[core]", float, double)
+TEMPLATE_TEST_CASE("core equals the explicit reference for every feature map", "[core]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     // 2 masks × 3 normalizations × 7 lengths = 42 configurations per feature map
@@ -60,7 +60,7 @@ TEMPLATE_TEST_CASE("core equals the explicit reference for every feature map", "
     SECTION("trig_features") { REQUIRE(sweep<S>(feature_maps::trig_features(6, 8, 5), 6) == 42); }
 }
 
-TEMPLATE_TEST_CASE("N = 0 gives an empty result and Nk = 0 gives zeros", "[core]", float, double)
+TEMPLATE_TEST_CASE("N = 0 gives an empty result and Nk = 0 gives zeros", "[core]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linear_attention<feature_maps::elu_plus_one, positional::none, S> attn;
@@ -73,7 +73,7 @@ TEMPLATE_TEST_CASE("N = 0 gives an empty result and Nk = 0 gives zeros", "[core]
     REQUIRE(none_out.isZero(0));
 }
 
-TEMPLATE_TEST_CASE("N = 1 returns the single value row", "[core]", float, double)
+TEMPLATE_TEST_CASE("N = 1 returns the single value row", "[core]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     options<S> opt;
@@ -89,7 +89,7 @@ TEMPLATE_TEST_CASE("N = 1 returns the single value row", "[core]", float, double
     REQUIRE(err <= bound);
 }
 
-TEMPLATE_TEST_CASE("batched views in both layouts equal per-head calls", "[core][batched]", float, double)
+TEMPLATE_TEST_CASE("batched views in both layouts equal per-head calls", "[core][batched]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index b = 2, h = 3, n = 70, d = 5, e = 4;
@@ -135,7 +135,7 @@ TEMPLATE_TEST_CASE("batched views in both layouts equal per-head calls", "[core]
     }
 }
 
-TEMPLATE_TEST_CASE("batched results do not depend on the thread count", "[core][threads]", float, double)
+TEMPLATE_TEST_CASE("batched results do not depend on the thread count", "[core][threads]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     // 2 x 4 sequences: threads take whole heads; 1 x 3: fewer than 8 sequences, so long causal heads are also
@@ -163,7 +163,7 @@ TEMPLATE_TEST_CASE("batched results do not depend on the thread count", "[core][
     }
 }
 
-TEMPLATE_TEST_CASE("one long head: blocked, threaded mixing is thread-count independent", "[core][threads]", float, double)
+TEMPLATE_TEST_CASE("one long head: blocked, threaded mixing is thread-count independent", "[core][threads]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     // N spans many fused blocks (512 rows) and two causal segments (4096 rows), so both phases of both

@@ -53,7 +53,7 @@ row_matrix<S> stream(Decoder& dec, const row_matrix<S>& q, const row_matrix<S>& 
 }
 } // namespace
 
-TEMPLATE_TEST_CASE("a decoder made from a temporary attention works (ASan-clean)", "[decoder][lifetime]", float, double)
+TEMPLATE_TEST_CASE("a decoder made from a temporary attention works (ASan-clean)", "[decoder][lifetime]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index n = 12, d = 6, e = 3;
@@ -75,7 +75,7 @@ TEMPLATE_TEST_CASE("a decoder made from a temporary attention works (ASan-clean)
     REQUIRE(test::bit_identical(t_streamed, stream(tfresh, q, k, v, 3)));
 }
 
-TEMPLATE_TEST_CASE("decoders of a vector of layers survive its reallocation", "[decoder][lifetime]", float, double)
+TEMPLATE_TEST_CASE("decoders of a vector of layers survive its reallocation", "[decoder][lifetime]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index n = 10, d = 4, e = 2;
@@ -95,7 +95,7 @@ TEMPLATE_TEST_CASE("decoders of a vector of layers survive its reallocation", "[
 }
 
 TEMPLATE_TEST_CASE("changing the attention after creating a decoder does not change the decoder", "[decoder][lifetime]",
-                   float, double)
+                   LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index n = 9, d = 4, e = 3;

@@ -90,7 +90,7 @@ double closed_form(const positional::lrpe<S>& pe, const Eigen::VectorXd& y, cons
 
 } // namespace
 
-TEMPLATE_TEST_CASE("lrpe: scores depend only on t - s, up to positions 1e6", "[lrpe][shift]", float, double)
+TEMPLATE_TEST_CASE("lrpe: scores depend only on t - s, up to positions 1e6", "[lrpe][shift]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     for (const config& c : all_configs())
@@ -111,7 +111,7 @@ TEMPLATE_TEST_CASE("lrpe: scores depend only on t - s, up to positions 1e6", "[l
         }
 }
 
-TEMPLATE_TEST_CASE("lrpe: zero offset gives <Pq, Pk> and T preserves norms", "[lrpe][unitary]", float, double)
+TEMPLATE_TEST_CASE("lrpe: zero offset gives <Pq, Pk> and T preserves norms", "[lrpe][unitary]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     for (const config& c : all_configs())
@@ -159,7 +159,7 @@ TEST_CASE("lrpe: explicit matrices compose, M_s^T M_t = M_0^T M_{t-s}", "[lrpe][
         }
 }
 
-TEMPLATE_TEST_CASE("lrpe: closed forms of reference/lrpe.md 4.5", "[lrpe][closed_form]", float, double)
+TEMPLATE_TEST_CASE("lrpe: closed forms of reference/lrpe.md 4.5", "[lrpe][closed_form]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     for (const config& c : all_configs())
@@ -185,7 +185,7 @@ TEMPLATE_TEST_CASE("lrpe: closed forms of reference/lrpe.md 4.5", "[lrpe][closed
         }
 }
 
-TEMPLATE_TEST_CASE("lrpe: rotate + I + base 10000 is textbook RoPE in both layouts", "[lrpe][rope]", float, double)
+TEMPLATE_TEST_CASE("lrpe: rotate + I + base 10000 is textbook RoPE in both layouts", "[lrpe][rope]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     for (linrpe::index m : {linrpe::index(2), linrpe::index(8), linrpe::index(64)})
@@ -271,7 +271,7 @@ TEST_CASE("lrpe: partial rotation rotates the first pairs of each layout", "[lrp
         }
 }
 
-TEMPLATE_TEST_CASE("lrpe: angles at position 1e6 are as accurate as at 0", "[lrpe][precision]", float, double)
+TEMPLATE_TEST_CASE("lrpe: angles at position 1e6 are as accurate as at 0", "[lrpe][precision]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     if (std::numeric_limits<long double>::digits < 64) {

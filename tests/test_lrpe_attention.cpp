@@ -72,7 +72,7 @@ row_matrix<double> to_double(const row_matrix<S>& m) { return m.template cast<do
 
 } // namespace
 
-TEMPLATE_TEST_CASE("lrpe attention equals the O(N^2) reference from the explicit psi, kappa", "[lrpe][attention]", float, double)
+TEMPLATE_TEST_CASE("lrpe attention equals the O(N^2) reference from the explicit psi, kappa", "[lrpe][attention]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index heads = 3, head = 2;
@@ -102,7 +102,7 @@ TEMPLATE_TEST_CASE("lrpe attention equals the O(N^2) reference from the explicit
                     }
 }
 
-TEMPLATE_TEST_CASE("lrpe attention: batched views (both layouts) equal per-head results", "[lrpe][batched]", float, double)
+TEMPLATE_TEST_CASE("lrpe attention: batched views (both layouts) equal per-head results", "[lrpe][batched]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index b = 2, heads = 3, n = 70, d = 8, e = 5, p0 = 4321;
@@ -143,7 +143,7 @@ TEMPLATE_TEST_CASE("lrpe attention: batched views (both layouts) equal per-head 
         }
 }
 
-TEMPLATE_TEST_CASE("lrpe attention: causal outputs ignore later tokens (bit-identical)", "[lrpe][causal]", float, double)
+TEMPLATE_TEST_CASE("lrpe attention: causal outputs ignore later tokens (bit-identical)", "[lrpe][causal]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index n = 100, d = 8, t = 37;
@@ -165,7 +165,7 @@ TEMPLATE_TEST_CASE("lrpe attention: causal outputs ignore later tokens (bit-iden
     }
 }
 
-TEMPLATE_TEST_CASE("lrpe attention: prefill + prefill + steps equal one batched causal call", "[lrpe][decoder]", float, double)
+TEMPLATE_TEST_CASE("lrpe attention: prefill + prefill + steps equal one batched causal call", "[lrpe][decoder]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index b = 2, heads = 2, n = 40, d = 8, e = 3, n0 = 17, n1 = 29;
@@ -212,7 +212,7 @@ TEMPLATE_TEST_CASE("lrpe attention: prefill + prefill + steps equal one batched 
     }
 }
 
-TEMPLATE_TEST_CASE("lrpe attention: causal chunk sizes 1, C-1, C, C+1, N agree", "[lrpe][chunks]", float, double)
+TEMPLATE_TEST_CASE("lrpe attention: causal chunk sizes 1, C-1, C, C+1, N agree", "[lrpe][chunks]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index n = 97, d = 8, e = 4;
@@ -237,7 +237,7 @@ TEMPLATE_TEST_CASE("lrpe attention: causal chunk sizes 1, C-1, C, C+1, N agree",
     }
 }
 
-TEMPLATE_TEST_CASE("lrpe attention: cosine + cosFormer theta + relu + sum is cosFormer", "[lrpe][cosformer]", float, double)
+TEMPLATE_TEST_CASE("lrpe attention: cosine + cosFormer theta + relu + sum is cosFormer", "[lrpe][cosformer]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index d = 16, e = 6;

@@ -252,7 +252,7 @@ TEST_CASE("LRPE backward in float against the exact double reference, with deriv
 }
 
 TEMPLATE_TEST_CASE("LRPE batched backward: parameter gradients bit-identical for 1, 2, 3 threads; bad shapes refused",
-                   "[lrpe][backward][threads]", float, double)
+                   "[lrpe][backward][threads]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const idx batch = 2, n = 150;

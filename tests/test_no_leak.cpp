@@ -140,7 +140,7 @@ auto core(Map map)
 
 } // namespace
 
-TEMPLATE_TEST_CASE("no leak: core causal path, every feature map", "[no_leak][core]", float, double)
+TEMPLATE_TEST_CASE("no leak: core causal path, every feature map", "[no_leak][core]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     for (const normalization norm : {normalization::sum, normalization::none, normalization::rms}) {
@@ -155,7 +155,7 @@ TEMPLATE_TEST_CASE("no leak: core causal path, every feature map", "[no_leak][co
     }
 }
 
-TEMPLATE_TEST_CASE("no leak: LRPE rotate, cosine and permutation with Householder P", "[no_leak][lrpe]", float, double)
+TEMPLATE_TEST_CASE("no leak: LRPE rotate, cosine and permutation with Householder P", "[no_leak][lrpe]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     for (const lrpe_kind kind : {lrpe_kind::rotate, lrpe_kind::cosine, lrpe_kind::permutation}) {
@@ -171,7 +171,7 @@ TEMPLATE_TEST_CASE("no leak: LRPE rotate, cosine and permutation with Householde
     }
 }
 
-TEMPLATE_TEST_CASE("no leak: sineSPE (gated) and convSPE", "[no_leak][spe]", float, double)
+TEMPLATE_TEST_CASE("no leak: sineSPE (gated) and convSPE", "[no_leak][spe]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index r = 16;

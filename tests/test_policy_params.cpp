@@ -358,7 +358,7 @@ TEST_CASE("conv_spe: validated setters and non-negative positions", "[params][sp
 
 // ---- rms -----------------------------------------------------------------------------------------------
 
-TEMPLATE_TEST_CASE("rms: huge numerators are normalized, not zeroed, and eps keeps its meaning", "[params][rms]", float, double)
+TEMPLATE_TEST_CASE("rms: huge numerators are normalized, not zeroed, and eps keeps its meaning", "[params][rms]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index rows = 6, cols = 5;

@@ -25,7 +25,7 @@ template <class S>
 using elu_toeplitz = linear_attention<feature_maps::elu_plus_one, positional::toeplitz_rpe<S>, S>;
 } // namespace
 
-TEMPLATE_TEST_CASE("banded Toeplitz by segments equals the reference", "[segments][toeplitz]", float, double)
+TEMPLATE_TEST_CASE("banded Toeplitz by segments equals the reference", "[segments][toeplitz]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index n = 300, d = 6, e = 4;
@@ -63,7 +63,7 @@ TEMPLATE_TEST_CASE("banded Toeplitz by segments equals the reference", "[segment
     REQUIRE(compared == 2 * 2 * 3 * 5 + 2 * 2 * 1 * 5);
 }
 
-TEMPLATE_TEST_CASE("segmented heads are bit-identical for 1, 2 and 3 threads", "[segments][threads]", float, double)
+TEMPLATE_TEST_CASE("segmented heads are bit-identical for 1, 2 and 3 threads", "[segments][threads]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     // One sequence per call (segments run in parallel) and 2 x 4 sequences (threads take whole heads, the
@@ -106,7 +106,7 @@ TEMPLATE_TEST_CASE("segmented heads are bit-identical for 1, 2 and 3 threads", "
     }
 }
 
-TEMPLATE_TEST_CASE("causal core: every segment size agrees with the reference", "[segments][causal]", float, double)
+TEMPLATE_TEST_CASE("causal core: every segment size agrees with the reference", "[segments][causal]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const linrpe::index n = 700, d = 6, e = 4;

@@ -132,7 +132,7 @@ index check_serving(const Attention& attn)
     return equal;
 }
 
-TEMPLATE_TEST_CASE("Serving: continuous batching equals independent single-sequence runs bit for bit", "[serving]", float, double)
+TEMPLATE_TEST_CASE("Serving: continuous batching equals independent single-sequence runs bit for bit", "[serving]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     REQUIRE(check_serving(plain_attention<S>({}, {}, make_options<S>(masking::causal))) == 9);
@@ -164,7 +164,7 @@ TEST_CASE("Serving: the single-sequence runs equal the exact reference", "[servi
     }
 }
 
-TEMPLATE_TEST_CASE("Serving: advancing or resetting one slot leaves the others bit-identical", "[serving]", float, double)
+TEMPLATE_TEST_CASE("Serving: advancing or resetting one slot leaves the others bit-identical", "[serving]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index b = 3, h = 2, n = 12, d = 6, e = 3;
@@ -191,7 +191,7 @@ TEMPLATE_TEST_CASE("Serving: advancing or resetting one slot leaves the others b
     REQUIRE_THROWS_WITH(other.position(), Catch::Matchers::Contains("position(slot)"));
 }
 TEMPLATE_TEST_CASE("Serving: step over an active mask and packed prefill equal their per-slot forms bit for bit", "[serving]",
-                   float, double)
+                   LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index b = 4, h = 2, d = 6, e = 3, steps = 6;
@@ -239,7 +239,7 @@ TEMPLATE_TEST_CASE("Serving: step over an active mask and packed prefill equal t
     check(toeplitz_attention<S>({}, random_bias<S>(2, 4, 8), make_options<S>(masking::causal)));
 }
 
-TEMPLATE_TEST_CASE("Serving: export a slot, import it elsewhere, continue as if uninterrupted", "[serving][export]", float, double)
+TEMPLATE_TEST_CASE("Serving: export a slot, import it elsewhere, continue as if uninterrupted", "[serving][export]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index b = 3, h = 2, n = 20, d = 6, e = 3, cut = 9;

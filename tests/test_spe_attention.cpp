@@ -84,7 +84,7 @@ int check_against_reference(const Map& map, const Spe& spe, normalization norm)
     return checked;
 }
 
-TEMPLATE_TEST_CASE("SPE attention equals the O(N^2) reference on the same realization", "[spe][attention]", float, double)
+TEMPLATE_TEST_CASE("SPE attention equals the O(N^2) reference on the same realization", "[spe][attention]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     // Each call compares 2 masks × 3 lengths against the reference and returns how many it compared.
@@ -103,7 +103,7 @@ TEMPLATE_TEST_CASE("SPE attention equals the O(N^2) reference on the same realiz
     }
 }
 
-TEMPLATE_TEST_CASE("SPE decoder: prefill + steps equals the batched causal call", "[spe][decoder]", float, double)
+TEMPLATE_TEST_CASE("SPE decoder: prefill + steps equals the batched causal call", "[spe][decoder]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index b = 2, n = 23, pre = 9, e = 4;
@@ -170,7 +170,7 @@ TEST_CASE("SPE: same seed gives identical outputs for 1 and 2 threads and across
     check([](std::uint64_t s) { return make_conv<float>(true, s); });
 }
 
-TEMPLATE_TEST_CASE("SPE codes of a block of positions do not depend on the blocks around it", "[spe][streaming]", float, double)
+TEMPLATE_TEST_CASE("SPE codes of a block of positions do not depend on the blocks around it", "[spe][streaming]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = 300, split = 131, first = 1000; // crosses the sine GEMM block (64) and the direct conv block (256)
@@ -197,7 +197,7 @@ TEMPLATE_TEST_CASE("SPE codes of a block of positions do not depend on the block
     }
 }
 
-TEMPLATE_TEST_CASE("convSPE direct and FFT correlation agree to rounding", "[spe][conv][fft]", float, double)
+TEMPLATE_TEST_CASE("convSPE direct and FFT correlation agree to rounding", "[spe][conv][fft]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index width = GENERATE(1, 2, 7, 128, 200);

@@ -76,7 +76,7 @@ options<S> causal(normalization norm = normalization::sum)
     return make_options<S>(masking::causal, norm);
 }
 
-TEMPLATE_TEST_CASE("State passing: k calls of random sizes equal one call, every encoding", "[state][split]", float, double)
+TEMPLATE_TEST_CASE("State passing: k calls of random sizes equal one call, every encoding", "[state][split]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index h = 2, d = 6;
@@ -109,7 +109,7 @@ TEMPLATE_TEST_CASE("State passing: k calls of random sizes equal one call, every
 }
 
 TEMPLATE_TEST_CASE("State passing: export -> import -> continue equals the uninterrupted run bit for bit", "[state][export]",
-                   float, double)
+                   LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index b = 2, h = 3, n = 40, d = 5, e = 3;
@@ -375,8 +375,7 @@ typename Attention::state_type backward_pieces(const Attention& attn, const bhnd
     return grad;
 }
 
-TEMPLATE_TEST_CASE("State backward: k calls of random sizes in reverse equal one call's backward", "[state][backward]", float,
-                   double)
+TEMPLATE_TEST_CASE("State backward: k calls of random sizes in reverse equal one call's backward", "[state][backward]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index b = 2, h = 2, n = 45, d = 6, e = 4;

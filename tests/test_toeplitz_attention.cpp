@@ -67,8 +67,7 @@ row_matrix<double> exact(const Attention& attn, const row_matrix<S>& q, const ro
 // c = 8 covers both with the factor 2 of cancellation.
 double attention_bound(double e, index n, index nk, index m) { return 8.0 * e * double(n + nk + m); }
 
-TEMPLATE_TEST_CASE("Toeplitz attention equals the O(N^2) reference for every algorithm", "[toeplitz][attention]", float,
-                   double)
+TEMPLATE_TEST_CASE("Toeplitz attention equals the O(N^2) reference for every algorithm", "[toeplitz][attention]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = GENERATE(1, 5, 64, 300);
@@ -94,7 +93,7 @@ TEMPLATE_TEST_CASE("Toeplitz attention equals the O(N^2) reference for every alg
     }
 }
 
-TEMPLATE_TEST_CASE("b = 0 is plain linear attention", "[toeplitz][attention]", float, double)
+TEMPLATE_TEST_CASE("b = 0 is plain linear attention", "[toeplitz][attention]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const bool causal = GENERATE(false, true);
@@ -115,7 +114,7 @@ TEMPLATE_TEST_CASE("b = 0 is plain linear attention", "[toeplitz][attention]", f
     }
 }
 
-TEMPLATE_TEST_CASE("Geometric causal bias equals the decayed recurrence", "[toeplitz][attention]", float, double)
+TEMPLATE_TEST_CASE("Geometric causal bias equals the decayed recurrence", "[toeplitz][attention]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = 200, d = 6, e = 4;
@@ -159,7 +158,7 @@ index fft_terms(index n, index nk) { return index(4.0 * std::log2(double(2 * (n 
 // ---- causality: no future input enters a past output, bit for bit ---------------------------------------
 
 TEMPLATE_TEST_CASE("Causal Toeplitz attention: past outputs are bit-identical whatever the future holds",
-                   "[toeplitz][causal][leak]", float, double)
+                   "[toeplitz][causal][leak]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = 300, d = 8, e = 5, t = 137;
@@ -177,7 +176,7 @@ TEMPLATE_TEST_CASE("Causal Toeplitz attention: past outputs are bit-identical wh
 }
 
 TEMPLATE_TEST_CASE("Causal banded by segments (parallel and serial) does not leak the future", "[toeplitz][causal][leak]",
-                   float, double)
+                   LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = 300, d = 6, e = 4, t = 137, heads = 8;
@@ -200,7 +199,7 @@ TEMPLATE_TEST_CASE("Causal banded by segments (parallel and serial) does not lea
 }
 
 TEMPLATE_TEST_CASE("SPE + Toeplitz and LRPE + Toeplitz do not leak the future", "[toeplitz][causal][leak][compose]",
-                   float, double)
+                   LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = 300, d = 6, e = 4, t = 137;
@@ -248,7 +247,7 @@ TEST_CASE("Causal FFT: future values of 1e6 leave the output at position 0 uncha
 }
 
 TEMPLATE_TEST_CASE("Causal FFT divide and conquer: equals the exact product, and does not leak", "[toeplitz][causal][fft]",
-                   float, double)
+                   LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = GENERATE(1, 7, 64, 300, 1000);
@@ -288,7 +287,7 @@ TEMPLATE_TEST_CASE("Causal FFT divide and conquer: equals the exact product, and
     }
 }
 
-TEMPLATE_TEST_CASE("Toeplitz attention is invariant to a global position shift", "[toeplitz][shift]", float, double)
+TEMPLATE_TEST_CASE("Toeplitz attention is invariant to a global position shift", "[toeplitz][shift]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = 90, d = 5, e = 3;
@@ -304,7 +303,7 @@ TEMPLATE_TEST_CASE("Toeplitz attention is invariant to a global position shift",
     }
 }
 
-TEMPLATE_TEST_CASE("Extreme biases give finite outputs and positive denominators", "[toeplitz][numerics]", float, double)
+TEMPLATE_TEST_CASE("Extreme biases give finite outputs and positive denominators", "[toeplitz][numerics]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = 400, d = 8, e = 4, t_max = 300;
@@ -345,7 +344,7 @@ TEMPLATE_TEST_CASE("Extreme biases give finite outputs and positive denominators
 }
 
 TEMPLATE_TEST_CASE("Causal sum: huge biases at unused future offsets do not underflow the weights",
-                   "[toeplitz][numerics][shift]", float, double)
+                   "[toeplitz][numerics][shift]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     // b_t = 0 for t <= 0 and B for t > 0 (B = 200 in float, 1000 in double): a causal call sees only t <= 0,
@@ -373,7 +372,7 @@ TEMPLATE_TEST_CASE("Causal sum: huge biases at unused future offsets do not unde
 }
 
 TEMPLATE_TEST_CASE("none and rms: biases beyond the exponent range give the finite exact result",
-                   "[toeplitz][numerics][shift]", float, double)
+                   "[toeplitz][numerics][shift]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     // b = B + r_t with e^B beyond the range of S (B = 100 in float, 800 in double), r_t in [−1, 1].
@@ -485,7 +484,7 @@ TEST_CASE("Toeplitz RPE rejects bad inputs with a named argument", "[toeplitz][e
     }
 }
 
-TEMPLATE_TEST_CASE("Batched views equal per-head calls", "[toeplitz][batched]", float, double)
+TEMPLATE_TEST_CASE("Batched views equal per-head calls", "[toeplitz][batched]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index b = 2, h = 3, n = 70, d = 5, e = 4;
@@ -515,7 +514,7 @@ TEMPLATE_TEST_CASE("Batched views equal per-head calls", "[toeplitz][batched]", 
 
 
 TEMPLATE_TEST_CASE("FFT mixer of one head is bit-identical for 1, 2 and 3 threads and within the bound",
-                   "[toeplitz][fft][threads]", float, double)
+                   "[toeplitz][fft][threads]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     // Odd M: every work item's last lane is half empty; M = 17 is 9 lanes, so a tile of 8 plus a partial
@@ -631,7 +630,7 @@ static_assert(detail::is_positional_encoding_v<positional::compose<test_post, po
 static_assert(detail::is_positional_encoding_v<positional::compose<positional::none, positional::toeplitz_rpe<float>>, float>,
               "compose<none, toeplitz> is a positional encoding");
 
-TEMPLATE_TEST_CASE("compose<none, toeplitz> is toeplitz_rpe", "[toeplitz][compose]", float, double)
+TEMPLATE_TEST_CASE("compose<none, toeplitz> is toeplitz_rpe", "[toeplitz][compose]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = 50, d = 6, e = 3;
@@ -665,7 +664,7 @@ int check_composed(bool causal, toeplitz_algorithm algo)
     return 1;
 }
 
-TEMPLATE_TEST_CASE("compose of a feature-side encoding with toeplitz equals the reference", "[toeplitz][compose]", float, double)
+TEMPLATE_TEST_CASE("compose of a feature-side encoding with toeplitz equals the reference", "[toeplitz][compose]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     int checked = 0;

@@ -172,7 +172,7 @@ TEST_CASE("Toeplitz backward equals central finite differences for q, k, v and b
 }
 
 TEMPLATE_TEST_CASE("Toeplitz backward: dense, fft and banded agree with the exact double gradients (inputs and b)",
-                   "[toeplitz][backward]", float, double)
+                   "[toeplitz][backward]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index d = 4, e = 3;

@@ -31,7 +31,7 @@ std::vector<S> values(index count, std::uint64_t seed)
 // within 8·(N + M)·eps of the exact value (see test_toeplitz_attention), so within twice that of each other.
 double bound(double e, index n, index m) { return 16.0 * e * double(2 * n + m); }
 
-TEMPLATE_TEST_CASE("Toeplitz decoder: prefill + steps equals the batched causal call", "[toeplitz][decoder]", float, double)
+TEMPLATE_TEST_CASE("Toeplitz decoder: prefill + steps equals the batched causal call", "[toeplitz][decoder]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index b = 2, h = 2, n = 90, d = 6, e = 4;
@@ -77,7 +77,7 @@ TEMPLATE_TEST_CASE("Toeplitz decoder: prefill + steps equals the batched causal 
     CHECK(err <= tol);
 }
 
-TEMPLATE_TEST_CASE("Toeplitz decoder: single-sequence steps, reset, compose", "[toeplitz][decoder]", float, double)
+TEMPLATE_TEST_CASE("Toeplitz decoder: single-sequence steps, reset, compose", "[toeplitz][decoder]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = 60, d = 5, e = 3, t_max = 9;
@@ -113,7 +113,7 @@ using linrpe::index;
 using namespace toeplitz_test;
 
 TEMPLATE_TEST_CASE("Toeplitz decoder: past outputs of prefills and steps are bit-identical whatever the future holds",
-                   "[toeplitz][decoder][causal][leak]", float, double)
+                   "[toeplitz][decoder][causal][leak]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = 300, d = 6, e = 4;

@@ -41,7 +41,7 @@ index check_fft(index n, index nk, index delta, bool causal, index requested_len
     return length;
 }
 
-TEMPLATE_TEST_CASE("FFT Toeplitz product equals the explicit product", "[toeplitz][fft]", float, double)
+TEMPLATE_TEST_CASE("FFT Toeplitz product equals the explicit product", "[toeplitz][fft]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = GENERATE(1, 2, 3, 7, 64, 1000);
@@ -79,7 +79,7 @@ TEST_CASE("FFT lengths are 5-smooth and never below the request", "[toeplitz][ff
     CHECK(detail::fft_length_for<fft::eigen>(65535) == 65536);
 }
 
-TEMPLATE_TEST_CASE("Banded Toeplitz product equals the explicit product", "[toeplitz][banded]", float, double)
+TEMPLATE_TEST_CASE("Banded Toeplitz product equals the explicit product", "[toeplitz][banded]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = GENERATE(1, 2, 3, 7, 64, 1000);
@@ -99,7 +99,7 @@ TEMPLATE_TEST_CASE("Banded Toeplitz product equals the explicit product", "[toep
 }
 
 #if defined(LINRPE_HAVE_FFTW)
-TEMPLATE_TEST_CASE("FFTW and Eigen FFT backends agree to rounding", "[toeplitz][fft][fftw]", float, double)
+TEMPLATE_TEST_CASE("FFTW and Eigen FFT backends agree to rounding", "[toeplitz][fft][fftw]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index n = 777, nk = 801;

@@ -60,7 +60,7 @@ using lrpe_attention = linear_attention<feature_maps::elu_plus_one, positional::
 template <class S>
 using sine_attention = linear_attention<feature_maps::elu_plus_one, positional::sine_spe<S>, S>;
 
-TEMPLATE_TEST_CASE("Packed variable lengths equal separate per-sequence calls", "[varlen][packed]", float, double)
+TEMPLATE_TEST_CASE("Packed variable lengths equal separate per-sequence calls", "[varlen][packed]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const std::vector<index> lengths{5, 0, 17, 1, 9};
@@ -81,7 +81,7 @@ TEMPLATE_TEST_CASE("Packed variable lengths equal separate per-sequence calls", 
 }
 
 TEMPLATE_TEST_CASE("Packed variable lengths: long sequences split into segments differently, equal to rounding", "[varlen][packed]",
-                   float, double)
+                   LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     // 5 sequences × 2 heads = 10 >= 8 heads threads over heads; a sequence alone (2 heads) is cut into segments.
@@ -104,7 +104,7 @@ std::vector<index> offsets(const std::vector<index>& lengths)
 }
 
 TEMPLATE_TEST_CASE("Packed variable lengths continuing a state equal one state-passing call per sequence", "[varlen][packed][state]",
-                   float, double)
+                   LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index h = 2, d = 6, e = 3;
@@ -153,7 +153,7 @@ TEMPLATE_TEST_CASE("Packed variable lengths continuing a state equal one state-p
     CHECK(state.position(0) == 0);
 }
 
-TEMPLATE_TEST_CASE("Per-sequence first positions equal single-sequence calls at those positions", "[varlen][positions]", float, double)
+TEMPLATE_TEST_CASE("Per-sequence first positions equal single-sequence calls at those positions", "[varlen][positions]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index b = 3, h = 2, n = 11, d = 6, e = 3;
@@ -179,7 +179,7 @@ TEMPLATE_TEST_CASE("Per-sequence first positions equal single-sequence calls at 
     }
 }
 
-TEMPLATE_TEST_CASE("Key lengths: padded keys enter neither numerator nor denominator", "[varlen][mask]", float, double)
+TEMPLATE_TEST_CASE("Key lengths: padded keys enter neither numerator nor denominator", "[varlen][mask]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     const index b = 3, h = 2, n = 6, nk = 9, d = 5, e = 3;

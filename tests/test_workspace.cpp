@@ -19,7 +19,7 @@ linear_attention<feature_maps::elu_plus_one, positional::lrpe<S>, S> make(maskin
 }
 } // namespace
 
-TEMPLATE_TEST_CASE("a reused workspace gives the bits of a fresh one", "[workspace]", float, double)
+TEMPLATE_TEST_CASE("a reused workspace gives the bits of a fresh one", "[workspace]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
     for (const masking mask : {masking::none, masking::causal}) {
