@@ -381,4 +381,72 @@ TEST_CASE("compose(post-feature encoding that learns, toeplitz_rpe): both parts'
             test::dot(pg.mixing.biases, ub), f_round, pg.mixing.biases.norm() * ub.norm(), ub.norm() / pe.mixing.bias.norm()));
     }
 }
+
+// The shipped feature-side encodings composed with Toeplitz weights: the chain through both parts, per head
+// (head 1 of 2), every input and one learnable tensor of each part, against central finite differences.
+template <class FeatureSide, class Grad>
+void check_compose_chain(const FeatureSide& side, row_matrix<double> FeatureSide::*param, Grad grad_of,
+                         void (*set)(FeatureSide&, const row_matrix<double>&), index d, index t_max)
+{
+    using pe_t = positional::compose<FeatureSide, positional::toeplitz_rpe<double>>;
+    const index n = 40, e = 3, head = 1, first = 5;
+    const pe_t pe(side, random_biases(2, t_max, 23));
+    const row_matrix<double> q = test::uniform<double>(n, d, 51, 0.6), k = test::uniform<double>(n, d, 52, 0.6),
+                             v = test::uniform<double>(n, e, 53), dout = test::uniform<double>(n, e, 54);
+    for (const masking mask : {masking::none, masking::causal})
+        for (const toeplitz_algorithm algo : algorithms) {
+            const options<double> opt = make_options<double>(mask, normalization::rms, algo);
+            const auto make = [&](const pe_t& p) { return linear_attention<feature_maps::elu_plus_one, pe_t, double>({}, p, opt); };
+            const auto attn = make(pe);
+            auto pg = attn.make_parameter_gradients();
+            row_matrix<double> dq(n, d), dk(n, d), dv(n, e);
+            attn.backward(q, k, v, dout, dq, dk, dv, head, first, first, nullptr, &pg);
+            const auto f = [&](const pe_t& p, const row_matrix<double>& qq) { return test::dot(dout, make(p)(qq, k, v, head, first)); };
+            // Rounding of f: ‖dout‖ times the forward's bound (support.hpp), plus the dot's own N·E·u·‖dout‖‖out‖.
+            const auto [out, bound] = test::reference_and_bound(attn, q, k, v, head, first, first, extra_terms(algo, n, n));
+            const double f_round = dout.norm() * bound + double(n * e) * test::unit_roundoff<double>() * dout.norm() * out.norm();
+            CAPTURE(int(mask), int(algo));
+            const row_matrix<double> uq = test::uniform<double>(n, d, 55);
+            test::require_fd(test::central_difference([&](double h) { return f(pe, q + h * uq); }, test::dot(dq, uq), f_round,
+                                                      dq.norm() * uq.norm(), uq.norm() / q.norm()));
+            const row_matrix<double>& g = grad_of(pg.feature_side);
+            const row_matrix<double> ua = test::uniform<double>(g.rows(), g.cols(), 56);
+            test::require_fd(test::central_difference(
+                [&](double h) {
+                    pe_t moved = pe;
+                    set(moved.feature_side, (pe.feature_side.*param + h * ua).eval());
+                    return f(moved, q);
+                },
+                test::dot(g, ua), f_round, g.norm() * ua.norm(), ua.norm() / (pe.feature_side.*param).norm()));
+            const row_matrix<double> ub = test::uniform<double>(2, 2 * t_max - 1, 57);
+            test::require_fd(test::central_difference(
+                [&](double h) {
+                    pe_t moved = pe;
+                    moved.mixing.set_biases(row_matrix<double>(pe.mixing.bias + h * ub));
+                    return f(moved, q);
+                },
+                test::dot(pg.mixing.biases, ub), f_round, pg.mixing.biases.norm() * ub.norm(), ub.norm() / pe.mixing.bias.norm()));
+        }
+}
+
+TEST_CASE("compose(sine_spe, toeplitz_rpe) and compose(lrpe, toeplitz_rpe): the chain through both parts equals "
+          "finite differences", "[toeplitz][backward][compose][fd]")
+{
+    SECTION("gated sineSPE: q and the gain logits, and b")
+    {
+        positional::sine_spe<double> spe(2, 4, 3, 16, 7, true);
+        spe.freqs.array() += 2.0; // phases turn visibly within 40 positions
+        check_compose_chain<positional::sine_spe<double>>(
+            spe, &positional::sine_spe<double>::gains, [](const auto& g) -> const row_matrix<double>& { return g.gains; },
+            [](positional::sine_spe<double>& s, const row_matrix<double>& x) { s.set_parameters(s.freqs, s.offsets, x); }, 4, 9);
+    }
+    SECTION("LRPE rotate with learned θ: q and θ, and b")
+    {
+        positional::lrpe<double> lr(lrpe_kind::rotate, 4, 2);
+        lr.set_theta((0.1 + 0.9 * test::uniform<double>(2, lr.theta_count(), 21).array().abs()).matrix());
+        check_compose_chain<positional::lrpe<double>>(
+            lr, &positional::lrpe<double>::theta, [](const auto& g) -> const row_matrix<double>& { return g.theta; },
+            [](positional::lrpe<double>& p, const row_matrix<double>& x) { p.set_theta(x); }, 4, 9);
+    }
+}
 } // namespace
