@@ -1,5 +1,6 @@
 #pragma once
 // Helpers of the LRPE tests: configurations, seeded inputs, and an independent construction of P.
+#include "scalars.hpp"
 #include <linrpe/errors.hpp>
 #include <linrpe/positional/lrpe.hpp>
 

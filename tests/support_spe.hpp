@@ -1,5 +1,6 @@
 #pragma once
 // Helpers of the SPE tests: deterministic inputs and error measures.
+#include "scalars.hpp"
 #include <linrpe/random/philox_stream.hpp>
 #include <linrpe/types.hpp>
 

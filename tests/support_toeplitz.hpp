@@ -1,5 +1,6 @@
 #pragma once
 // Shared helpers of the Toeplitz RPE tests: seeded inputs, explicit Toeplitz matrices, errors.
+#include "scalars.hpp"
 #include <linrpe/detail/relative_weights.hpp>
 #include <linrpe/types.hpp>
 
