@@ -45,10 +45,13 @@ struct alternating {
     {
         for (index i = 0; i < phi.rows(); ++i) out.row(i) = ((first_position + i) % 2 ? S(-1) : S(1)) * phi.row(i);
     }
-    // The post-feature stage's VJP hook: dphi = T_sᵀ dpsi; T is its own transpose.
+    // The post-feature stage's VJP hook: dphi = T_sᵀ dpsi for the stage's input rows phi; T is its own
+    // transpose. `grad` receives the gradient of learnable parameters (P = gradient_size() doubles of this
+    // head, added to); this encoding learns nothing, so it declares no parameter_gradients and ignores it.
     template <class S>
-    void encode_post_backward(const Eigen::Ref<const row_matrix<S>>& dpsi, Eigen::Ref<row_matrix<S>> dphi,
-                              index first_position, index head, linrpe::role which) const
+    void encode_post_backward(const Eigen::Ref<const row_matrix<S>>& /*phi*/, const Eigen::Ref<const row_matrix<S>>& dpsi,
+                              Eigen::Ref<row_matrix<S>> dphi, index first_position, index head, linrpe::role which,
+                              double* /*grad*/) const
     {
         encode_post<S>(dpsi, dphi, first_position, head, which);
     }
@@ -81,7 +84,7 @@ int main()
                                                                 attn.features(k, linrpe::role::key, 0, 41), v,
                                                                 attn.mixing_matrix(300, 300, 0, 41, 41), dout, opt.norm, opt.eps);
     linrpe::row_matrix<double> dphi(300, 16), dq_ref(300, 16);
-    attn.positional().encode_post_backward<double>(g.dpsi, dphi, 41, 0, linrpe::role::query);
+    attn.positional().encode_post_backward<double>(linrpe::row_matrix<double>(), g.dpsi, dphi, 41, 0, linrpe::role::query, nullptr);
     my::squared_relu().apply_backward<double>(q.cast<double>(), linrpe::row_matrix<double>(), dphi, dq_ref, {});
     const double err_dq = (dq.cast<double>() - dq_ref).norm() / dq_ref.norm(), err_dv = (dv.cast<double>() - g.dv).norm() / g.dv.norm();
     std::printf("backward: relative error of dq %.2e, dv %.2e vs the exact reference backward\n", err_dq, err_dv);

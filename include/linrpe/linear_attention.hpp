@@ -3,6 +3,7 @@
 /// \brief linear_attention: the one core that every positional-encoding family plugs into.
 
 #include "detail/causal_mixer.hpp"
+#include "detail/gradient_blocks.hpp"
 #include "detail/mixer_setup.hpp"
 #include "detail/noncausal_mixer.hpp"
 #include "detail/normalize.hpp"
@@ -72,6 +73,8 @@ public:
     using const_ref = Eigen::Ref<const matrix>;
     using ref = Eigen::Ref<matrix>;
     using options_type = options<Scalar>;
+    /// The gradients of the encoding's learnable parameters (linrpe::no_parameters when it has none).
+    using parameter_gradients = typename detail::parameter_gradients_of<PositionalEncoding>::type;
 
     explicit linear_attention(FeatureMap feature_map = FeatureMap(), PositionalEncoding encoding = PositionalEncoding(),
                               options_type opt = options_type())
@@ -265,21 +268,33 @@ public:
 
     // ---- backward (docs/design.md §16) -----------------------------------------------------------------------
 
+    /// \brief Zeroed gradients of the encoding's learnable parameters, with their shapes (docs/design.md §16).
+    parameter_gradients make_parameter_gradients() const
+    {
+        if constexpr (detail::has_parameters<PositionalEncoding>::value)
+            return m_pe.make_parameter_gradients();
+        else
+            return parameter_gradients{};
+    }
+
     /// \brief Single head: the gradients dq (N, D), dk (Nk, D), dv (Nk, E) of ⟨dout, forward(q, k, v)⟩ for the
     /// seed dout (N, E), of the function forward() computes (FAVOR+'s query shift included), exact to
     /// rounding. Features are recomputed, nothing is kept from the forward: non-causal in four GEMMs per
     /// head, causal by prefix states (dq) and suffix states (dk, dv) in the chunked GEMM form; extra memory
     /// O((N + Nk)·(M' + E)) per head in flight, taken from `ws` (a temporary one when null; pass one to a
-    /// loop of calls so that nothing is allocated after the first). Throws before writing anything.
-    /// Outputs must not alias inputs. Needs the feature map's `apply_backward` hook (every shipped map has
-    /// it); positional encodings other than none are refused at compile time in this version.
+    /// loop of calls so that nothing is allocated after the first). When `pg` is given, the gradients of
+    /// the encoding's learnable parameters (head `head`'s part) are ADDED to it, as a training framework
+    /// accumulates .grad: zero it with make_parameter_gradients() once per optimizer step. Throws before
+    /// writing anything. Outputs must not alias inputs. Needs the feature map's `apply_backward` hook and
+    /// the encoding's VJP hooks (docs/design.md §16).
     void backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq, ref dk,
                   ref dv, index head = 0, index q_first = 0) const
     {
         backward(q, k, v, dout, dq, dk, dv, head, q_first, q_first);
     }
     void backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq, ref dk,
-                  ref dv, index head, index q_first, index k_first, workspace<Scalar>* ws = nullptr) const
+                  ref dv, index head, index q_first, index k_first, workspace<Scalar>* ws = nullptr,
+                  parameter_gradients* pg = nullptr) const
     {
         validate_head(q.rows(), q.cols(), k.rows(), k.cols(), v.rows(), v.cols(), head, q_first, k_first);
         const auto check = [](const char* name, index rows, index cols, index r, index c) {
@@ -289,19 +304,24 @@ public:
         check("dq shape", q.rows(), q.cols(), dq.rows(), dq.cols());
         check("dk shape", k.rows(), k.cols(), dk.rows(), dk.cols());
         check("dv shape", v.rows(), v.cols(), dv.rows(), dv.cols());
+        validate_gradients(pg);
         const detail::serial_eigen_scope serial_eigen;
         std::optional<typename detail::workspace_pool<Scalar>::lease> lease;
         if (!ws) ws = &lease.emplace(m_pool).get(); // the attention's own workspace, as for forward()
         ws->prepare(call_slots(m_opt.threads));
-        run_head_backward(q, k, v, dout, dq, dk, dv, head, q_first, k_first, 1, *ws);
+        const index p = pg ? gradient_size() : 0;
+        std::vector<double> flat(static_cast<std::size_t>(p), 0.0);
+        run_head_backward(q, k, v, dout, dq, dk, dv, head, q_first, k_first, 1, *ws, p > 0 ? flat.data() : nullptr);
+        if (p > 0) add_gradients(head, flat.data(), *pg);
     }
 
     /// \brief Batched backward over strided views (either memory layout): q, dq (B, H, N, D), k, dk
     /// (B, H, Nk, D), v, dv (B, H, Nk, E), dout (B, H, N, E). Threads and segments as the batched forward;
-    /// the result does not depend on the thread count.
+    /// parameter gradients (added to `pg` when given) are summed over the batch in batch order. The result
+    /// does not depend on the thread count.
     void backward(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
                   tensor_view<const Scalar> dout, tensor_view<Scalar> dq, tensor_view<Scalar> dk, tensor_view<Scalar> dv,
-                  index first_position = 0, workspace<Scalar>* ws = nullptr) const
+                  index first_position = 0, workspace<Scalar>* ws = nullptr, parameter_gradients* pg = nullptr) const
     {
         dout.validate("dout view");
         if (dout.batch() != q.batch() || dout.heads() != q.heads() || dout.tokens() != q.tokens() || dout.channels() != v.channels())
@@ -322,19 +342,30 @@ public:
         check("dq view", dq, q, q.channels());
         check("dk view", dk, k, k.channels());
         check("dv view", dv, v, v.channels());
+        validate_gradients(pg);
         const detail::serial_eigen_scope serial_eigen;
         std::optional<typename detail::workspace_pool<Scalar>::lease> lease;
         if (!ws) ws = &lease.emplace(m_pool).get();
         ws->prepare(call_slots(m_opt.threads));
-        const index heads = q.heads(), calls = q.batch() * heads;
+        const index heads = q.heads(), calls = q.batch() * heads, p = pg ? gradient_size() : 0;
+        std::vector<double> flat(static_cast<std::size_t>(calls * p), 0.0); // (B·H, P): one slice per call
         detail::parallel_for(
             calls, head_threads(calls, q.tokens()),
             [&](index bh) {
                 const index b = bh / heads, h = bh % heads;
                 run_head_backward(q.slice(b, h), k.slice(b, h), v.slice(b, h), dout.slice(b, h), dq.slice(b, h),
-                                  dk.slice(b, h), dv.slice(b, h), h, first_position, first_position, calls, *ws);
+                                  dk.slice(b, h), dv.slice(b, h), h, first_position, first_position, calls, *ws,
+                                  p > 0 ? flat.data() + bh * p : nullptr);
             },
             2.5 * head_work(q.tokens(), k.tokens(), q.channels(), v.channels())); // backward ≈ 2.5 forwards
+        if (p == 0) return;
+        std::vector<double> sum(static_cast<std::size_t>(p));
+        for (index h = 0; h < heads; ++h) {
+            std::fill(sum.begin(), sum.end(), 0.0);
+            for (index b = 0; b < q.batch(); ++b) // batch order, whatever the schedule was
+                for (index i = 0; i < p; ++i) sum[static_cast<std::size_t>(i)] += flat[static_cast<std::size_t>((b * heads + h) * p + i)];
+            add_gradients(h, sum.data(), *pg);
+        }
     }
 
     // ---- State passing, per-sequence positions, key lengths, packed variable lengths (docs/design.md §8) ----
@@ -700,7 +731,7 @@ private:
     // Validated inputs → dq, dk, dv (docs/design.md §16); `call_heads` selects the causal threading as in run_head.
     void run_head_backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq,
                            ref dk, ref dv, index head, index q_first, index k_first, index call_heads,
-                           workspace<Scalar>& ws) const
+                           workspace<Scalar>& ws, double* grad) const
     {
         static_assert(detail::has_apply_backward_v<FeatureMap, Scalar>,
                       "backward() needs the FeatureMap's VJP hook `template <class S> void apply_backward(const "
@@ -712,28 +743,52 @@ private:
                       "linrpe: their gradients (mixing_weights_backward) come in the next version.");
         static_assert(detail::encoding_backward_ok<PositionalEncoding, Scalar>(),
                       "backward() needs the PositionalEncoding's VJP hooks for the stages it declares: "
-                      "`encode_pre_backward(du, dx, first_position, head, role)` (dx = pre^T du) and/or "
-                      "`encode_post_backward(dpsi, dphi, first_position, head, role)` (dphi = post^T dpsi); the "
+                      "`encode_pre_backward(x, du, dx, first_position, head, role, double* grad)` (dx = pre^T du) "
+                      "and/or `encode_post_backward(phi, dpsi, dphi, first_position, head, role, double* grad)` "
+                      "(dphi = post^T dpsi), each adding its parameters' gradient to grad when not null; the "
                       "shipped lrpe, sine_spe and conv_spe gain them in the next version of linrpe.");
         if (q.rows() == 0) {
             dk.setZero();
             dv.setZero();
             return;
         }
-        const auto back = [this, head](const const_ref& x, const const_ref& feat, const const_ref& dfeat, ref dx, role which,
-                                       index first) { encode_backward(x, feat, dfeat, dx, which, head, first); };
+        // Parameter gradients: one buffer per block of rows, summed in block order after the mixer.
+        std::optional<detail::gradient_blocks> blocks;
+        if (grad) blocks.emplace(gradient_size());
+        const auto back = [this, head, &blocks](const const_ref& x, const const_ref& feat, const const_ref& dfeat, ref dx,
+                                                role which, index first) {
+            encode_backward(x, feat, dfeat, dx, which, head, first, blocks ? blocks->slot(which, first) : nullptr);
+        };
         if (m_opt.mask == masking::causal)
             detail::causal_backward<Scalar>(q, k, v, dout, dq, dk, dv, q_first, splits_sequence(call_heads, q.rows()),
                                             setup(q.cols()), m_opt.norm, m_opt.eps, encoder(head), back, ws);
         else
             detail::noncausal_backward<Scalar>(q, k, v, dout, dq, dk, dv, q_first, k_first, setup(q.cols()), m_opt.norm,
                                                m_opt.eps, encoder(head), back, ws);
+        if (blocks) blocks->sum_into(grad);
+    }
+
+    index gradient_size() const
+    {
+        if constexpr (detail::has_parameters<PositionalEncoding>::value)
+            return m_pe.gradient_size();
+        else
+            return 0;
+    }
+    void add_gradients(index head, const double* flat, parameter_gradients& pg) const
+    {
+        if constexpr (detail::has_parameters<PositionalEncoding>::value) m_pe.add_gradients(head, flat, pg);
+    }
+    void validate_gradients(const parameter_gradients* pg) const
+    {
+        if constexpr (detail::has_validate_gradients<PositionalEncoding, parameter_gradients>::value)
+            if (pg) m_pe.validate_gradients(*pg);
     }
 
     // VJP of encode(): dx = pre_iᵀ J_φᵀ post_iᵀ dfeat for rows x, given their features feat = encode(x). With
     // feature-side stages φ's input and output are recomputed (the mixers hold ψ/κ only).
     void encode_backward(const const_ref& x, const const_ref& feat, const const_ref& dfeat, ref dx, role which,
-                         index head, index first) const
+                         index head, index first, double* grad) const
     {
         const feature_context ctx = context(which, head);
         if constexpr (!PositionalEncoding::has_pre_feature && !PositionalEncoding::has_post_feature) {
@@ -752,14 +807,14 @@ private:
             matrix dphi; // (n, M)
             if constexpr (PositionalEncoding::has_post_feature) {
                 dphi.resize(n, phi.cols());
-                m_pe.encode_post_backward(dfeat, ref(dphi), first, head, which);
+                m_pe.encode_post_backward(const_ref(phi), dfeat, ref(dphi), first, head, which, grad);
             } else {
                 dphi = dfeat;
             }
             if constexpr (PositionalEncoding::has_pre_feature) {
                 matrix du(n, r); // (n, R)
                 m_map.apply_backward(const_ref(u), const_ref(phi), const_ref(dphi), ref(du), ctx);
-                m_pe.encode_pre_backward(const_ref(du), dx, first, head, which);
+                m_pe.encode_pre_backward(x, const_ref(du), dx, first, head, which, grad);
             } else {
                 m_map.apply_backward(const_ref(u), const_ref(phi), const_ref(dphi), dx, ctx);
             }

@@ -76,4 +76,10 @@ struct feature_context {
     bool row_scale_cancels = false;
 };
 
+/// \brief The parameter gradients of an encoding that learns nothing (positional::none, custom encodings
+/// without parameters): an empty value, so that backward(..., &pg) reads the same for every encoding.
+struct no_parameters {
+    no_parameters& operator+=(const no_parameters&) { return *this; }
+};
+
 } // namespace linrpe

@@ -231,23 +231,54 @@ struct has_apply_backward<F, S,
 template <class F, class S>
 inline constexpr bool has_apply_backward_v = has_apply_backward<F, S>::value;
 
-/// Optional VJP hooks of a pre-feature encoding, `encode_pre_backward(du, dx, first_position, head, role)`
-/// (dx = pre_iᵀ du; pre is linear in x), and of a post-feature encoding,
-/// `encode_post_backward(dpsi, dphi, first_position, head, role)` (dphi = post_iᵀ dpsi).
+/// Optional VJP hooks of a pre-feature encoding,
+/// `encode_pre_backward(x, du, dx, first_position, head, role, grad)` (dx = pre_iᵀ du for input rows x; pre is
+/// linear in x), and of a post-feature encoding,
+/// `encode_post_backward(phi, dpsi, dphi, first_position, head, role, grad)` (dphi = post_iᵀ dpsi for the post
+/// stage's input rows phi). Both add the gradient of head `head`'s learnable parameters to grad[0, P) (P =
+/// gradient_size(); grad is null when the caller wants input gradients only).
 template <class P, class S, class = void>
 struct has_pre_backward : std::false_type {};
 template <class P, class S>
 struct has_pre_backward<P, S,
                         std::void_t<decltype(std::declval<const P&>().encode_pre_backward(
-                            std::declval<const in_ref<S>&>(), std::declval<out_ref<S>>(), index(0), index(0),
-                            role::query))>> : std::true_type {};
+                            std::declval<const in_ref<S>&>(), std::declval<const in_ref<S>&>(), std::declval<out_ref<S>>(),
+                            index(0), index(0), role::query, static_cast<double*>(nullptr)))>> : std::true_type {};
 template <class P, class S, class = void>
 struct has_post_backward : std::false_type {};
 template <class P, class S>
 struct has_post_backward<P, S,
                          std::void_t<decltype(std::declval<const P&>().encode_post_backward(
-                             std::declval<const in_ref<S>&>(), std::declval<out_ref<S>>(), index(0), index(0),
-                             role::query))>> : std::true_type {};
+                             std::declval<const in_ref<S>&>(), std::declval<const in_ref<S>&>(), std::declval<out_ref<S>>(),
+                             index(0), index(0), role::query, static_cast<double*>(nullptr)))>> : std::true_type {};
+
+/// The learnable parameters of an encoding, as seen by backward(): `P::parameter_gradients` (a value with the
+/// parameters' shapes), `make_parameter_gradients()`, `gradient_size()` (P, the flat count of one head) and
+/// `add_gradients(head, flat, pg)`. An encoding without them has none (linrpe::no_parameters).
+template <class P, class = void>
+struct has_parameters : std::false_type {};
+template <class P>
+struct has_parameters<P, std::void_t<typename P::parameter_gradients,
+                                     decltype(std::declval<const P&>().make_parameter_gradients()),
+                                     decltype(index(std::declval<const P&>().gradient_size())),
+                                     decltype(std::declval<const P&>().add_gradients(
+                                         index(0), static_cast<const double*>(nullptr),
+                                         std::declval<typename P::parameter_gradients&>()))>> : std::true_type {};
+template <class P, bool = has_parameters<P>::value>
+struct parameter_gradients_of {
+    using type = no_parameters;
+};
+template <class P>
+struct parameter_gradients_of<P, true> {
+    using type = typename P::parameter_gradients;
+};
+/// Optional check of a caller's gradient value before a backward writes anything:
+/// `validate_gradients(const parameter_gradients&)` throws linrpe::error on a value of the wrong shapes.
+template <class P, class G, class = void>
+struct has_validate_gradients : std::false_type {};
+template <class P, class G>
+struct has_validate_gradients<P, G, std::void_t<decltype(std::declval<const P&>().validate_gradients(std::declval<const G&>()))>>
+    : std::true_type {};
 
 /// True when every feature-side stage P declares has its VJP hook (sequence mixing is checked apart).
 template <class P, class S>
