@@ -479,10 +479,19 @@ private:
         encoding_access::set(y.attn.positional(), values);
     }
 
-    // dq, dk, dv (T, H·D) of ⟨da, attention(q, k, v)⟩ for the whole batch, in one batched call.
+    // dq, dk, dv (T, H·D) of ⟨da, attention(q, k, v)⟩ for the whole batch in one batched call, and the
+    // gradients of the encoding's parameters (summed over batch and heads by linrpe) into the layer's tensors.
     void attention_backward(layer& y, matrix& da, matrix& dq, matrix& dk, matrix& dv)
     {
-        y.attn.backward(view(y.q), view(y.k), view(y.v), view(da), view(dq), view(dk), view(dv));
+        if (y.encoding.empty()) { // nothing to learn: input gradients only (no parameter-gradient work)
+            y.attn.backward(view(y.q), view(y.k), view(y.v), view(da), view(dq), view(dk), view(dv));
+            return;
+        }
+        auto pg = y.attn.make_parameter_gradients(); // zeros: backward accumulates (+=) into it
+        y.attn.backward(view(y.q), view(y.k), view(y.v), view(da), view(dq), view(dk), view(dv), /*first_position=*/0,
+                        /*workspace=*/nullptr, &pg);
+        const auto grads = encoding_access::gradients(pg);
+        for (std::size_t i = 0; i < y.encoding.size(); ++i) y.encoding[i].grad += grads[i].template cast<S>();
     }
 
     config m_cfg;
