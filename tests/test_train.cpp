@@ -79,7 +79,7 @@ struct channel_gain {
 
 template <>
 struct train::encoding_parameters<channel_gain> {
-    static std::vector<encoding_tensor> values(const channel_gain& pe) { return {{"gain", pe.gain}}; }
+    static std::vector<encoding_tensor> values(const channel_gain& pe) { return {{"gain", pe.gain, 1.0}}; }
     static void set(channel_gain& pe, const std::vector<row_matrix<double>>& v) { pe.gain = v[0]; }
     static std::vector<row_matrix<double>> gradients(const channel_gain::parameter_gradients& g) { return {g.gain}; }
 };

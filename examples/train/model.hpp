@@ -18,19 +18,21 @@
 // the same. Eigen's own GEMM threading is switched off (Eigen::setNbThreads(1)) because its blocking depends
 // on the thread count.
 #include <linrpe/linear_attention.hpp>
-#include <linrpe/positional/none.hpp>
 #include <linrpe/views.hpp>
 
 #include <Eigen/Core>
 
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cmath>
+#include <ctime>
 #include <cstdint>
 #include <functional>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -46,29 +48,31 @@ using linrpe::vector;
 
 // ---- the encoding's trainable parameters ---------------------------------------------------------------
 
-/// One trainable tensor of a positional encoding, in double (the encodings store their parameters in double).
+/// One trainable tensor of a positional encoding, in double (the encodings store their parameters in
+/// double), and its learning-rate factor (e.g. a Toeplitz bias must move by ~ln N to single out one offset
+/// among N, further than the base rate carries a weight in a short run).
 struct encoding_tensor {
     std::string name;
     row_matrix<double> value;
+    double lr_scale = 1.0;
 };
 
 /// \brief How the trainer reads, writes and differentiates the learnable parameters of a positional
-/// encoding: one specialization per family, a few lines each. `values` lists the tensors in a fixed order,
-/// `set` loads values of the same shapes, `gradients` returns the matching members of the encoding's
-/// `parameter_gradients` (what linear_attention::backward accumulates) in the same order.
+/// encoding: one specialization per family that has some, a few lines each. `values` lists the tensors in a
+/// fixed order, `set` loads values of the same shapes, `gradients` returns the matching members of the
+/// encoding's `parameter_gradients` (what linear_attention::backward accumulates) in the same order.
+/// Encodings whose parameter_gradients is linrpe::no_parameters (none, custom ones) need none: the
+/// transformer uses frozen_parameters for them. A family with parameters and no specialization does not
+/// compile (incomplete type), rather than training silently frozen.
 template <class Encoding>
 struct encoding_parameters;
 
-/// positional::none has nothing to learn.
-template <>
-struct encoding_parameters<linrpe::positional::none> {
-    static std::vector<encoding_tensor> values(const linrpe::positional::none&) { return {}; }
-    static void set(linrpe::positional::none&, const std::vector<row_matrix<double>>&) {}
-    template <class Gradients>
-    static std::vector<row_matrix<double>> gradients(const Gradients&)
-    {
-        return {};
-    }
+/// An encoding with nothing to learn.
+template <class Encoding>
+struct frozen_parameters {
+    static std::vector<encoding_tensor> values(const Encoding&) { return {}; }
+    static void set(Encoding&, const std::vector<row_matrix<double>>&) {}
+    static std::vector<row_matrix<double>> gradients(const linrpe::no_parameters&) { return {}; }
 };
 
 // ---- random numbers (the same on every platform: std distributions are implementation-defined) ----------
@@ -182,6 +186,7 @@ struct parameter {
     std::string name;
     row_matrix<S> value, grad;
     bool decay = false;
+    double lr_scale = 1.0; ///< factor on the learning rate (set by the encodings' adapters)
 };
 
 /// Row-wise LayerNorm y = (x − μ)/σ · γ + β with σ = √(var + ε); keeps x̂ and 1/σ for the backward.
@@ -268,7 +273,9 @@ public:
     using S = scalar;
     using matrix = row_matrix<S>;
     using encoding = typename Attention::positional_encoding_type;
-    using encoding_access = encoding_parameters<encoding>;
+    using encoding_access =
+        std::conditional_t<std::is_same<typename Attention::parameter_gradients, linrpe::no_parameters>::value,
+                           frozen_parameters<encoding>, encoding_parameters<encoding>>;
 
     transformer(const config& cfg, const std::function<Attention(index layer)>& make_attention, std::uint64_t seed)
         : m_cfg(cfg)
@@ -305,8 +312,10 @@ public:
             y.wk = make(p + "attn.wk", gaussian(c, c, in), true);
             y.wv = make(p + "attn.wv", gaussian(c, c, in), true);
             y.wo = make(p + "attn.wo", gaussian(c, c, out), true);
-            for (auto& t : encoding_access::values(y.attn.positional()))
+            for (auto& t : encoding_access::values(y.attn.positional())) {
                 y.encoding.push_back(make(p + "attn.encoding." + t.name, t.value.template cast<S>(), false));
+                y.encoding.back().lr_scale = t.lr_scale;
+            }
             y.ln2_gain = make(p + "ln2.gain", matrix::Ones(1, c), false);
             y.ln2_bias = make(p + "ln2.bias", matrix::Zero(1, c), false);
             y.w1 = make(p + "mlp.w1", gaussian(c, f, in), true);
@@ -512,8 +521,9 @@ class adamw {
 public:
     double beta1 = 0.9, beta2 = 0.98, eps = 1e-8, weight_decay = 0.01;
 
+    /// One step at learning rate base_lr (times each tensor's lr_scale).
     template <class S>
-    void step(const std::vector<parameter<S>*>& params, double lr)
+    void step(const std::vector<parameter<S>*>& params, double base_lr)
     {
         if (m_m.empty())
             for (const auto* p : params) {
@@ -524,6 +534,7 @@ public:
         const double c1 = 1.0 - std::pow(beta1, double(m_t)), c2 = 1.0 - std::pow(beta2, double(m_t));
         for (std::size_t i = 0; i < params.size(); ++i) {
             parameter<S>& p = *params[i];
+            const double lr = base_lr * p.lr_scale;
             const row_matrix<double> g = p.grad.template cast<double>();
             m_m[i] = beta1 * m_m[i] + (1 - beta1) * g;
             m_v[i] = beta2 * m_v[i] + (1 - beta2) * g.cwiseAbs2();
@@ -541,7 +552,7 @@ private:
 
 /// Steps, batch shape and optimizer settings of a run; the data stream and the model's seed are fixed.
 struct schedule {
-    index steps = 400, sequences = 8, tokens = 128;
+    index steps = 1500, sequences = 8, tokens = 128;
     double lr = 3e-3, warmup = 0.05, final_lr = 0.1; ///< linear warmup over a fraction, cosine to final_lr·lr
     double weight_decay = 0.01;
     double clip = 1.0; ///< global gradient-norm clip (0: none); the norm before clipping is recorded
@@ -551,8 +562,12 @@ struct schedule {
 /// What a run records per step.
 struct history {
     std::vector<double> loss, grad_norm;
-    double seconds = 0;
-    double max_grad_norm() const { return grad_norm.empty() ? 0.0 : *std::max_element(grad_norm.begin(), grad_norm.end()); }
+    double seconds = 0, cpu_seconds = 0; ///< wall time, and CPU time of the process (all threads)
+    /// Largest gradient norm from step `from` on (the first steps' norms are the initialization's).
+    double max_grad_norm(std::size_t from = 0) const
+    {
+        return from >= grad_norm.size() ? 0.0 : *std::max_element(grad_norm.begin() + std::ptrdiff_t(from), grad_norm.end());
+    }
     /// Mean loss of the last `count` steps (the final train loss, less noisy than one batch).
     double final_loss(std::size_t count = 20) const
     {
@@ -582,6 +597,7 @@ history fit(Model& model, const lag_task& task, const schedule& s)
     opt.weight_decay = s.weight_decay;
     const auto params = model.parameters();
     const auto start = std::chrono::steady_clock::now();
+    const std::clock_t cpu_start = std::clock();
     for (index step = 0; step < s.steps; ++step) {
         const batch b = task.sample(s.sequences, s.tokens, data);
         h.loss.push_back(model.forward(b));
@@ -595,6 +611,7 @@ history fit(Model& model, const lag_task& task, const schedule& s)
         opt.step(params, learning_rate(s, step));
     }
     h.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    h.cpu_seconds = double(std::clock() - cpu_start) / CLOCKS_PER_SEC;
     return h;
 }
 
