@@ -61,8 +61,8 @@ struct encoding_tensor {
 /// encoding: one specialization per family that has some, a few lines each. `values` lists the tensors in a
 /// fixed order, `set` loads values of the same shapes, `gradients` returns the matching members of the
 /// encoding's `parameter_gradients` (what linear_attention::backward accumulates) in the same order.
-/// Encodings whose parameter_gradients is linrpe::no_parameters (none, custom ones) need none: the
-/// transformer uses frozen_parameters for them. A family with parameters and no specialization does not
+/// Encodings without a parameter_gradients type (none, custom ones) need none: the transformer uses
+/// frozen_parameters for them (parameter_access). A family with parameters and no specialization does not
 /// compile (incomplete type), rather than training silently frozen.
 template <class Encoding>
 struct encoding_parameters;
@@ -74,6 +74,16 @@ struct frozen_parameters {
     static void set(Encoding&, const std::vector<row_matrix<double>>&) {}
     static std::vector<row_matrix<double>> gradients(const linrpe::no_parameters&) { return {}; }
 };
+
+template <class Encoding, class = void>
+struct learns : std::false_type {};
+template <class Encoding>
+struct learns<Encoding, std::void_t<typename Encoding::parameter_gradients>> : std::true_type {};
+/// The adapter of an encoding: its encoding_parameters when it declares parameter_gradients, else frozen.
+/// (Adapters of composite encodings use it for their parts.)
+template <class Encoding>
+using parameter_access =
+    std::conditional_t<learns<Encoding>::value, encoding_parameters<Encoding>, frozen_parameters<Encoding>>;
 
 // ---- random numbers (the same on every platform: std distributions are implementation-defined) ----------
 
@@ -131,17 +141,22 @@ struct lag_task {
 
 // ---- parallel loops over fixed blocks ------------------------------------------------------------------------
 
+/// Work (flops) below which a loop runs on the calling thread: waking a second thread costs about as much,
+/// and far more when the machine is oversubscribed (an idle thread can wait a scheduler slice).
+inline constexpr double parallel_work = 1 << 17;
+
 /// Runs f(first, last) over the blocks [0, block), [block, 2·block), .. of `rows`, in parallel when
-/// threads != 1 (0: the OpenMP default). The blocks never depend on the thread count, so neither do the bits.
+/// threads != 1 (0: the OpenMP default) and the loop's `work` (flops) is worth it. The blocks never depend
+/// on the thread count, so neither do the bits.
 template <class F>
-void for_blocks(index rows, index block, int threads, const F& f)
+void for_blocks(index rows, index block, int threads, double work, const F& f)
 {
     const index count = (rows + block - 1) / block;
 #if defined(_OPENMP)
     const int team = threads > 0 ? threads : omp_get_max_threads();
-#pragma omp parallel for schedule(static) num_threads(team) if (team > 1 && count > 1)
+#pragma omp parallel for schedule(static) num_threads(team) if (team > 1 && count > 1 && work >= parallel_work)
 #else
-    (void)threads;
+    (void)threads, (void)work;
 #endif
     for (index i = 0; i < count; ++i) f(i * block, std::min(rows, (i + 1) * block));
 }
@@ -154,7 +169,7 @@ template <class S>
 void matmul(const row_matrix<S>& a, const row_matrix<S>& b, row_matrix<S>& out, int threads)
 {
     out.resize(a.rows(), b.cols());
-    for_blocks(a.rows(), token_block, threads, [&](index r0, index r1) {
+    for_blocks(a.rows(), token_block, threads, 2.0 * double(a.size()) * double(b.cols()), [&](index r0, index r1) {
         out.middleRows(r0, r1 - r0).noalias() = a.middleRows(r0, r1 - r0) * b;
     });
 }
@@ -163,7 +178,7 @@ template <class S>
 void matmul_bt(const row_matrix<S>& a, const row_matrix<S>& b, row_matrix<S>& out, int threads, bool accumulate = false)
 {
     if (!accumulate) out.setZero(a.rows(), b.rows());
-    for_blocks(a.rows(), token_block, threads, [&](index r0, index r1) {
+    for_blocks(a.rows(), token_block, threads, 2.0 * double(a.size()) * double(b.rows()), [&](index r0, index r1) {
         out.middleRows(r0, r1 - r0).noalias() += a.middleRows(r0, r1 - r0) * b.transpose();
     });
 }
@@ -172,7 +187,7 @@ void matmul_bt(const row_matrix<S>& a, const row_matrix<S>& b, row_matrix<S>& ou
 template <class S>
 void matmul_at_add(const row_matrix<S>& a, const row_matrix<S>& b, row_matrix<S>& out, int threads)
 {
-    for_blocks(a.cols(), weight_block, threads, [&](index r0, index r1) {
+    for_blocks(a.cols(), weight_block, threads, 2.0 * double(a.size()) * double(b.cols()), [&](index r0, index r1) {
         out.middleRows(r0, r1 - r0).noalias() += a.middleCols(r0, r1 - r0).transpose() * b;
     });
 }
@@ -202,7 +217,7 @@ struct layer_norm {
         xhat.resize(t, c);
         rstd.resize(t);
         y.resize(t, c);
-        for_blocks(t, token_block, threads, [&](index r0, index r1) {
+        for_blocks(t, token_block, threads, 10.0 * double(x.size()), [&](index r0, index r1) {
             for (index i = r0; i < r1; ++i) {
                 const S mean = x.row(i).mean();
                 const S var = (x.row(i).array() - mean).square().mean();
@@ -221,7 +236,7 @@ struct layer_norm {
         if (!accumulate) dx.setZero(t, c);
         gain.grad += dy.cwiseProduct(xhat).colwise().sum();
         bias.grad += dy.colwise().sum();
-        for_blocks(t, token_block, threads, [&](index r0, index r1) {
+        for_blocks(t, token_block, threads, 10.0 * double(dy.size()), [&](index r0, index r1) {
             for (index i = r0; i < r1; ++i) {
                 const auto g = dy.row(i).cwiseProduct(gain.value);
                 const S mean_g = g.mean(), mean_gx = g.cwiseProduct(xhat.row(i)).mean();
@@ -239,7 +254,7 @@ struct gelu {
     static void forward(const row_matrix<S>& u, row_matrix<S>& g, int threads)
     {
         g.resize(u.rows(), u.cols());
-        for_blocks(u.rows(), token_block, threads, [&](index r0, index r1) {
+        for_blocks(u.rows(), token_block, threads, 20.0 * double(u.size()), [&](index r0, index r1) {
             const auto x = u.middleRows(r0, r1 - r0).array();
             g.middleRows(r0, r1 - r0) = (S(0.5) * x * (S(1) + (S(s) * (x + S(c) * x.cube())).tanh())).matrix();
         });
@@ -248,7 +263,7 @@ struct gelu {
     static void backward(const row_matrix<S>& u, const row_matrix<S>& dg, row_matrix<S>& du, int threads)
     {
         du.resize(u.rows(), u.cols());
-        for_blocks(u.rows(), token_block, threads, [&](index r0, index r1) {
+        for_blocks(u.rows(), token_block, threads, 20.0 * double(u.size()), [&](index r0, index r1) {
             const auto x = u.middleRows(r0, r1 - r0).array();
             const auto t = (S(s) * (x + S(c) * x.cube())).tanh().eval();
             const auto slope = S(0.5) * (S(1) + t) + S(0.5) * x * (S(1) - t.square()) * S(s) * (S(1) + S(3 * c) * x.square());
@@ -273,9 +288,7 @@ public:
     using S = scalar;
     using matrix = row_matrix<S>;
     using encoding = typename Attention::positional_encoding_type;
-    using encoding_access =
-        std::conditional_t<std::is_same<typename Attention::parameter_gradients, linrpe::no_parameters>::value,
-                           frozen_parameters<encoding>, encoding_parameters<encoding>>;
+    using encoding_access = parameter_access<encoding>;
 
     transformer(const config& cfg, const std::function<Attention(index layer)>& make_attention, std::uint64_t seed)
         : m_cfg(cfg)
@@ -378,7 +391,7 @@ public:
         m_lnf.forward(*x, m_lnf_gain, m_lnf_bias, m_hf, th);
         matmul(m_hf, m_head.value, m_logits, th); // (T, V)
         // Softmax in place (logits → probabilities), then the loss over the rows with a target.
-        for_blocks(t, token_block, th, [&](index r0, index r1) {
+        for_blocks(t, token_block, th, 20.0 * double(m_logits.size()), [&](index r0, index r1) {
             for (index i = r0; i < r1; ++i) {
                 auto row = m_logits.row(i).array();
                 row = (row - row.maxCoeff()).exp();
