@@ -5,7 +5,8 @@
 // Prints the table and writes the loss curves to docs/train_curves.png (run from the repository root:
 // ./scripts/run train).
 //
-//   train_lag [--steps S] [--only NAME] [--out DIR] [--threads T] [--smoke]
+//   train_lag [--steps S] [--only NAME] [--out DIR] [--jobs J] [--threads T] [--smoke]
+// Runs go in parallel (--jobs, default: the cores), each on --threads threads (default 1).
 #include "plot_png.hpp"
 #include "train/model.hpp"
 
@@ -15,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -53,10 +55,16 @@ result run(const std::string& family, const task_entry& t, const settings& s,
     result r{family, t.name, train::fit(model, t.task, s.schedule), {}};
     for (const index n : s.eval_lengths)
         r.accuracy.push_back(train::evaluate(model, t.task, std::max<index>(1, s.eval_tokens / n), n, /*seed=*/1000 + n));
-    std::printf("  %-22s %-26s loss %.4f  acc", family.c_str(), t.name.c_str(), r.h.final_loss());
-    for (const double a : r.accuracy) std::printf(" %.3f", a);
-    std::printf("  max|g| %.3g (after warmup %.3g)  %.1f s (CPU %.1f s)\n", r.h.max_grad_norm(), r.h.max_grad_norm(warmup_steps(s)),
-                r.h.seconds, r.h.cpu_seconds);
+    // One line per run, written at once (runs finish concurrently).
+    char buf[256];
+    std::string line = "  " + family + " | " + t.name + " | loss ";
+    std::snprintf(buf, sizeof buf, "%.4f  acc", r.h.final_loss());
+    line += buf;
+    for (const double a : r.accuracy) std::snprintf(buf, sizeof buf, " %.3f", a), line += buf;
+    std::snprintf(buf, sizeof buf, "  max|g| %.3g (after warmup %.3g)  %.1f s\n", r.h.max_grad_norm(),
+                  r.h.max_grad_norm(warmup_steps(s)), r.h.seconds);
+    line += buf;
+    std::fputs(line.c_str(), stdout);
     std::fflush(stdout);
     return r;
 }
@@ -69,21 +77,26 @@ options<float> causal(normalization norm = normalization::sum)
     return opt;
 }
 
-// One entry per family: its name and how to build the attention of a layer. Head width D = width / heads.
-void run_all(const settings& s, const std::vector<task_entry>& tasks, std::vector<result>& out)
+using job = std::function<result()>;
+
+// One entry per family and task: its name and how to build the attention of a layer (head width D =
+// width / heads). The jobs run later, concurrently: they capture by value, `s` by reference (main's).
+void add_jobs(const settings& s, const std::vector<task_entry>& tasks, std::vector<job>& out)
 {
     const index heads = s.model.heads, d = s.model.width / s.model.heads;
     const auto wanted = [&](const char* name) { return s.only.empty() || s.only == name; };
     for (const auto& t : tasks) {
         if (wanted("none")) {
             using A = linear_attention<feature_maps::elu_plus_one, positional::none, float>;
-            out.push_back(run<A>("none (elu+1)", t, s, [](index) { return A({}, {}, causal()); }));
+            out.push_back([=, &s] { return run<A>("none (elu+1)", t, s, [](index) { return A({}, {}, causal()); }); });
         }
         if (wanted("favor")) {
             using A = linear_attention<feature_maps::favor, positional::none, float>;
-            out.push_back(run<A>("FAVOR+", t, s, [&](index layer) {
-                return A(feature_maps::favor(d, 2 * d, /*seed=*/100 + std::uint64_t(layer), true, false, heads), {}, causal());
-            }));
+            out.push_back([=, &s] {
+                return run<A>("FAVOR+", t, s, [=](index layer) {
+                    return A(feature_maps::favor(d, 2 * d, /*seed=*/100 + std::uint64_t(layer), true, false, heads), {}, causal());
+                });
+            });
         }
     }
 }
@@ -142,7 +155,9 @@ bool plot_gradients(const std::vector<result>& results, const std::string& task,
 int main(int argc, char** argv)
 {
     settings s;
+    s.model.threads = 1; // runs go in parallel instead (--jobs): no barriers, and robust to a busy machine
     bool smoke = false;
+    int jobs = 0;        // concurrent runs; 0: the OpenMP default (the cores)
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         const auto next = [&]() -> std::string {
@@ -156,9 +171,10 @@ int main(int argc, char** argv)
         else if (a == "--only") s.only = next();
         else if (a == "--out") s.out = next();
         else if (a == "--threads") s.model.threads = std::atoi(next().c_str());
+        else if (a == "--jobs") jobs = std::atoi(next().c_str());
         else if (a == "--smoke") smoke = true;
         else {
-            std::fprintf(stderr, "usage: train_lag [--steps S] [--only none|favor] [--out DIR] [--threads T] [--smoke]\n");
+            std::fprintf(stderr, "usage: train_lag [--steps S] [--only none|favor] [--out DIR] [--jobs J] [--threads T] [--smoke]\n");
             return 2;
         }
     }
@@ -169,15 +185,37 @@ int main(int argc, char** argv)
         s.model.mlp = 32;
         s.eval_lengths = {128, 256};
         s.eval_tokens = 512;
-        s.model.threads = 1; // a loaded CI machine can stall every small parallel region of a tiny run
+        jobs = 1;
     }
     const std::vector<task_entry> tasks{{"lag 8", {s.model.vocab, 8, 0}},
                                         {"lags 3 / 8 (by token half)", {s.model.vocab, 3, 8}}};
     std::printf("lag recall: train N = %ld, %ld steps x %ld sequences; width %ld, %ld heads, %ld layers, vocabulary %ld\n",
                 long(s.schedule.tokens), long(s.schedule.steps), long(s.schedule.sequences), long(s.model.width),
                 long(s.model.heads), long(s.model.layers), long(s.model.vocab));
-    std::vector<result> results;
-    run_all(s, tasks, results);
+    std::vector<job> work;
+    add_jobs(s, tasks, work);
+    std::vector<result> results(work.size());
+    bool failed = false;
+    // Whole runs in parallel, each on one thread by default: every run is bit-identical whatever runs beside it.
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(jobs > 0 ? jobs : omp_get_max_threads())
+#else
+    (void)jobs;
+#endif
+    for (std::size_t i = 0; i < work.size(); ++i) {
+        try {
+            results[i] = work[i]();
+        } catch (const std::exception& e) {
+#if defined(_OPENMP)
+#pragma omp critical
+#endif
+            {
+                std::fprintf(stderr, "train_lag: run %zu failed: %s\n", i, e.what());
+                failed = true;
+            }
+        }
+    }
+    if (failed) return 1;
 
     std::printf("\n| family | task | final train loss |");
     for (const linrpe::index n : s.eval_lengths) std::printf(" acc N=%ld |", long(n));
