@@ -2,16 +2,20 @@
 // on lag recall with each positional-encoding family on the same budget, and measures what each buys:
 // final train loss, accuracy at the training length N = 128 and beyond it (512, 2048), training time, and the
 // largest gradient norm seen (Luo et al.'s stability claim for FAVOR+ with and without Toeplitz RPE).
-// Prints the table and writes the loss curves to docs/train_curves.png (run from the repository root:
-// ./scripts/run train).
+// Families: none, LRPE rotate and cosine (learned θ), sineSPE (gated), convSPE, Toeplitz RPE (learned b,
+// banded), sineSPE + Toeplitz (compose), FAVOR+ with and without Toeplitz. Every encoding parameter trains
+// with the rest, through linrpe's parameter_gradients on the batched backward (train/encodings.hpp).
+// Prints the table, writes it to docs/train_table.md (included by the README), and the loss curves to
+// docs/train_curves.png (run from the repository root: ./scripts/run train).
 //
 //   train_lag [--steps S] [--only NAME] [--out DIR] [--jobs J] [--threads T] [--smoke]
 // Runs go in parallel (--jobs, default: the cores), each on --threads threads (default 1).
 #include "plot_png.hpp"
-#include "train/model.hpp"
+#include "train/encodings.hpp"
 
 #include <linrpe/feature_maps/elu_plus_one.hpp>
 #include <linrpe/feature_maps/favor.hpp>
+#include <linrpe/positional/none.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -24,7 +28,8 @@ namespace {
 using linrpe::index;
 using namespace linrpe;
 
-// The budget every family gets (sized so that one family, both tasks, takes about a minute on one core).
+// The budget every family gets, sized so that the whole comparison (9 families x 2 tasks, ~11 CPU-minutes,
+// convSPE and sineSPE the dearest) runs in under 10 minutes on 2 cores.
 struct settings {
     train::config model;
     train::schedule schedule;
@@ -74,28 +79,84 @@ options<float> causal(normalization norm = normalization::sum)
     options<float> opt;
     opt.mask = masking::causal;
     opt.norm = norm;
+    opt.toeplitz = toeplitz_algorithm::banded; // O(N·T_max): the bias is clipped beyond T_max (ignored without Toeplitz)
     return opt;
 }
 
 using job = std::function<result()>;
 
-// One entry per family and task: its name and how to build the attention of a layer (head width D =
-// width / heads). The jobs run later, concurrently: they capture by value, `s` by reference (main's).
+// Queues one run of `family` on task t when --only is empty or names `key`. `make` builds the attention of
+// a layer; the job runs later, concurrently: it captures by value, `s` by reference (main's).
+template <class Attention, class Make>
+void add(std::vector<job>& out, const settings& s, const task_entry& t, const char* key, const std::string& family, Make make)
+{
+    if (!s.only.empty() && s.only != key) return;
+    out.push_back([=, &s] { return run<Attention>(family, t, s, make); });
+}
+
+// The families, each on the same model, data and budget. Head width D = width / heads. Seeds of the random
+// parts (FAVOR+ projections, SPE filters and noise) differ per layer and are fixed.
 void add_jobs(const settings& s, const std::vector<task_entry>& tasks, std::vector<job>& out)
 {
-    const index heads = s.model.heads, d = s.model.width / s.model.heads;
-    const auto wanted = [&](const char* name) { return s.only.empty() || s.only == name; };
+    using feature_maps::elu_plus_one;
+    using feature_maps::favor;
+    using positional::compose;
+    using positional::conv_spe;
+    using positional::lrpe;
+    using positional::sine_spe;
+    using toeplitz = positional::toeplitz_rpe<float>;
+    const index h = s.model.heads, d = s.model.width / s.model.heads;
+    const index t_max = 32;                    // Toeplitz offsets learned one by one; farther ones share b_{±31}
+    const index sines = 5, sine_r = 32;        // sineSPE: K sinusoids, R realizations, FAVOR+ with 32 features
+    const index conv_w = 16, conv_r = 8;       // convSPE: filter width, R realizations (its cost is O(N·W·D·R))
+    const auto seed = [](index layer, std::uint64_t base) { return base + std::uint64_t(layer); };
+    // LRPE with learned θ, initialised at the RoPE frequencies: set_theta makes them explicit, hence trainable.
+    const auto learned_lrpe = [=](lrpe_kind kind) {
+        lrpe<float> pe(kind, d, h);
+        pe.set_theta(pe.theta);
+        return pe;
+    };
     for (const auto& t : tasks) {
-        if (wanted("none")) {
-            using A = linear_attention<feature_maps::elu_plus_one, positional::none, float>;
-            out.push_back([=, &s] { return run<A>("none (elu+1)", t, s, [](index) { return A({}, {}, causal()); }); });
+        {
+            using A = linear_attention<elu_plus_one, positional::none, float>;
+            add<A>(out, s, t, "none", "none (elu+1)", [](index) { return A({}, {}, causal()); });
         }
-        if (wanted("favor")) {
-            using A = linear_attention<feature_maps::favor, positional::none, float>;
-            out.push_back([=, &s] {
-                return run<A>("FAVOR+", t, s, [=](index layer) {
-                    return A(feature_maps::favor(d, 2 * d, /*seed=*/100 + std::uint64_t(layer), true, false, heads), {}, causal());
-                });
+        {
+            // Rotations make scores signed: rms normalization (sum needs non-negative scores).
+            using A = linear_attention<elu_plus_one, lrpe<float>, float>;
+            add<A>(out, s, t, "rotate", "LRPE rotate", [=](index) { return A({}, learned_lrpe(lrpe_kind::rotate), causal(normalization::rms)); });
+            add<A>(out, s, t, "cosine", "LRPE cosine", [=](index) { return A({}, learned_lrpe(lrpe_kind::cosine), causal(normalization::rms)); });
+        }
+        {
+            using A = linear_attention<favor, sine_spe<float>, float>;
+            add<A>(out, s, t, "sine", "sineSPE (gated)", [=](index layer) {
+                return A(favor(sine_r, 32, seed(layer, 100), true, false, h), sine_spe<float>(h, d, sines, sine_r, seed(layer, 200), true), causal());
+            });
+        }
+        {
+            using A = linear_attention<favor, conv_spe<float>, float>;
+            add<A>(out, s, t, "conv", "convSPE", [=](index layer) {
+                return A(favor(conv_r, 16, seed(layer, 100), true, false, h), conv_spe<float>(h, d, conv_w, conv_r, seed(layer, 200)), causal());
+            });
+        }
+        {
+            using A = linear_attention<elu_plus_one, toeplitz, float>;
+            add<A>(out, s, t, "toeplitz", "Toeplitz RPE", [=](index) { return A({}, toeplitz(h, t_max), causal()); });
+        }
+        {
+            using A = linear_attention<favor, compose<sine_spe<float>, toeplitz>, float>;
+            add<A>(out, s, t, "sine+toeplitz", "sineSPE + Toeplitz", [=](index layer) {
+                return A(favor(sine_r, 32, seed(layer, 100), true, false, h),
+                         {sine_spe<float>(h, d, sines, sine_r, seed(layer, 200), true), toeplitz(h, t_max)}, causal());
+            });
+        }
+        {
+            // Luo et al.'s pair: FAVOR+ with r = D features (the Performer's positive softmax estimator), ± Toeplitz.
+            using A = linear_attention<favor, positional::none, float>;
+            add<A>(out, s, t, "favor", "FAVOR+", [=](index layer) { return A(favor(d, d, seed(layer, 100), true, false, h), {}, causal()); });
+            using B = linear_attention<favor, toeplitz, float>;
+            add<B>(out, s, t, "favor+toeplitz", "FAVOR+ + Toeplitz", [=](index layer) {
+                return B(favor(d, d, seed(layer, 100), true, false, h), toeplitz(h, t_max), causal());
             });
         }
     }
@@ -150,6 +211,24 @@ bool plot_gradients(const std::vector<result>& results, const std::string& task,
                                      "Each curve is the norm of the whole model's gradient at every step; the legend gives its maximum."}};
     return plot::line_plot(all, text, path);
 }
+// The results as a markdown table (printed, and written to train_table.md for the README).
+std::string markdown_table(const std::vector<result>& results, const settings& s)
+{
+    char buf[128];
+    std::string out = "| family | task | final train loss |";
+    for (const index n : s.eval_lengths) std::snprintf(buf, sizeof buf, " acc N=%ld |", long(n)), out += buf;
+    out += " max grad norm | after warmup | train time (s) |\n|---|---|---:|";
+    for (std::size_t i = 0; i < s.eval_lengths.size(); ++i) out += "---:|";
+    out += "---:|---:|---:|\n";
+    for (const auto& r : results) {
+        std::snprintf(buf, sizeof buf, "| %s | %s | %.3f |", r.family.c_str(), r.task.c_str(), r.h.final_loss());
+        out += buf;
+        for (const double a : r.accuracy) std::snprintf(buf, sizeof buf, " %.2f |", a), out += buf;
+        std::snprintf(buf, sizeof buf, " %.3g | %.3g | %.0f |\n", r.h.max_grad_norm(), r.h.max_grad_norm(warmup_steps(s)), r.h.seconds);
+        out += buf;
+    }
+    return out;
+}
 } // namespace
 
 int main(int argc, char** argv)
@@ -174,7 +253,7 @@ int main(int argc, char** argv)
         else if (a == "--jobs") jobs = std::atoi(next().c_str());
         else if (a == "--smoke") smoke = true;
         else {
-            std::fprintf(stderr, "usage: train_lag [--steps S] [--only none|favor] [--out DIR] [--jobs J] [--threads T] [--smoke]\n");
+            std::fprintf(stderr, "usage: train_lag [--steps S] [--only none|rotate|cosine|sine|conv|toeplitz|sine+toeplitz|favor|favor+toeplitz] [--out DIR] [--jobs J] [--threads T] [--smoke]\n");
             return 2;
         }
     }
@@ -217,22 +296,21 @@ int main(int argc, char** argv)
     }
     if (failed) return 1;
 
-    std::printf("\n| family | task | final train loss |");
-    for (const linrpe::index n : s.eval_lengths) std::printf(" acc N=%ld |", long(n));
-    std::printf(" max grad norm (after warmup) | train time (s) |\n|---|---|---|");
-    for (std::size_t i = 0; i < s.eval_lengths.size(); ++i) std::printf("---|");
-    std::printf("---|---|\n");
-    for (const auto& r : results) {
-        std::printf("| %s | %s | %.3f |", r.family.c_str(), r.task.c_str(), r.h.final_loss());
-        for (const double a : r.accuracy) std::printf(" %.3f |", a);
-        std::printf(" %.3g | %.1f |\n", r.h.max_grad_norm(warmup_steps(s)), r.h.seconds);
-    }
+    const std::string table = markdown_table(results, s);
+    std::printf("\n%s", table.c_str());
     bool ok = true;
+    if (std::FILE* f = std::fopen((s.out + "/train_table.md").c_str(), "w")) {
+        std::fputs(table.c_str(), f);
+        ok &= std::fclose(f) == 0;
+    } else {
+        std::fprintf(stderr, "train_lag: cannot write %s/train_table.md\n", s.out.c_str());
+        ok = false;
+    }
     const std::string ext = plot::extension();
     ok &= plot_curves(results, tasks[0].name, s.out + "/train_curves." + ext, s);
     ok &= plot_curves(results, tasks[1].name, s.out + "/train_curves_two_lags." + ext, s);
     ok &= plot_gradients(results, tasks[0].name, s.out + "/train_stability." + ext, s);
-    std::printf("\npictures written to %s/: train_curves.%s, train_curves_two_lags.%s (loss), train_stability.%s (FAVOR+ "
+    std::printf("\ntable written to %s/train_table.md; pictures: train_curves.%s, train_curves_two_lags.%s (loss), train_stability.%s (FAVOR+ "
                 "gradient norms)\n", s.out.c_str(), ext.c_str(), ext.c_str(), ext.c_str());
     return ok ? 0 : 1;
 }

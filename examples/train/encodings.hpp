@@ -1,8 +1,8 @@
 #pragma once
 // The trainer's adapters (train::encoding_parameters) for linrpe's learnable positional encodings: LRPE
-// (learned θ), sineSPE, convSPE, Toeplitz RPE and compose<A, B>. They need the families' backward
-// (parameter_gradients); examples/train_lag.cpp includes this header once those are in the tree. Verified by
-// building and running train_lag with every family on a scratch merge of the families' backward branches.
+// (learned θ), sineSPE, convSPE, Toeplitz RPE and compose<A, B>, over the families' parameter_gradients.
+// Used by examples/train_lag.cpp (every family) and tests/test_train.cpp (Toeplitz RPE and LRPE in the
+// whole-model gradient check).
 #include "model.hpp"
 
 #include <linrpe/positional/compose.hpp>
