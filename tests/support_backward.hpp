@@ -36,6 +36,17 @@ struct reference_grads {
     double bound_dq = 0, bound_dk = 0, bound_dv = 0;
 };
 
+/// REQUIREs each of dq, dk, dv within its bound of the reference, CAPTUREing the errors and the bounds.
+template <class Q, class K, class V>
+void require_within(const Q& dq, const K& dk, const V& dv, const reference_grads& ref)
+{
+    const double eq = abs_error(dq, ref.exact.dq), ek = abs_error(dk, ref.exact.dk), ev = abs_error(dv, ref.exact.dv);
+    CAPTURE(eq, ref.bound_dq, ek, ref.bound_dk, ev, ref.bound_dv);
+    REQUIRE(eq <= ref.bound_dq);
+    REQUIRE(ek <= ref.bound_dk);
+    REQUIRE(ev <= ref.bound_dv);
+}
+
 /// \brief Exact gradients of `attn` (one head, positions 0..) for the seed dout, from the double reference
 /// (reference::kernel_attention_backward on the features the forward uses, then the map's VJP in double),
 /// and the bound on the error of a backward computed in S.

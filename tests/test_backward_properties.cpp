@@ -2,8 +2,12 @@
 // splits agree with the reference, batched views (both layouts) and thread counts, the workspace, a
 // feature-side encoding with VJP hooks, and bad input.
 #include "support_backward.hpp"
+#include "support_learned.hpp"
 
 #include <vector>
+
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_backward_properties {
 
 namespace {
 using namespace linrpe;
@@ -28,13 +32,7 @@ template <class S, class Map>
 void require_reference(const linear_attention<Map, positional::none, S>& attn, const row_matrix<S>& q, const row_matrix<S>& k,
                        const row_matrix<S>& v, const row_matrix<S>& dout, const head_grads<S>& g)
 {
-    const auto ref = test::reference_backward(attn, q, k, v, dout);
-    const double eq = test::abs_error(g.dq, ref.exact.dq), ek = test::abs_error(g.dk, ref.exact.dk),
-                 ev = test::abs_error(g.dv, ref.exact.dv);
-    CAPTURE(eq, ref.bound_dq, ek, ref.bound_dk, ev, ref.bound_dv);
-    REQUIRE(eq <= ref.bound_dq);
-    REQUIRE(ek <= ref.bound_dk);
-    REQUIRE(ev <= ref.bound_dv);
+    test::require_within(g.dq, g.dk, g.dv, test::reference_backward(attn, q, k, v, dout));
 }
 } // namespace
 
@@ -214,67 +212,15 @@ struct alternating {
         encode_post<S>(dpsi, dphi, first, 0, which);
     }
 };
-
-// A pre-feature encoding with one learnable parameter tensor, to check the parameter-gradient plumbing of the
-// front (per-block buffers, batch order, accumulation): u = x ⊙ a_h (queries), x ⊙ a_h² (keys), a (H, D).
-struct learned_scale {
-    using scalar_type = double;
-    static constexpr bool has_pre_feature = true;
-    static constexpr bool has_post_feature = false;
-    static constexpr bool has_mixing = false;
-    struct parameter_gradients {
-        row_matrix<double> scale; // (H, D)
-    };
-    row_matrix<double> a; // (H, D)
-
-    bool preserves_positivity(linrpe::index) const { return true; }
-    linrpe::index pre_output_dim(linrpe::index input_dim) const { return input_dim; }
-    template <class S>
-    void encode_pre(const Eigen::Ref<const row_matrix<S>>& x, Eigen::Ref<row_matrix<S>> out, linrpe::index, linrpe::index head,
-                    role which) const
-    {
-        const Eigen::Matrix<S, 1, Eigen::Dynamic> w = factor(head, which).template cast<S>();
-        out = x.array().rowwise() * w.array();
-    }
-    template <class S>
-    void encode_pre_backward(const Eigen::Ref<const row_matrix<S>>& x, const Eigen::Ref<const row_matrix<S>>& du,
-                             Eigen::Ref<row_matrix<S>> dx, linrpe::index, linrpe::index head, role which, double* grad) const
-    {
-        const Eigen::Matrix<S, 1, Eigen::Dynamic> w = factor(head, which).template cast<S>();
-        dx = du.array().rowwise() * w.array();
-        if (!grad) return;
-        // d(x_d a_d)/da_d = x_d; d(x_d a_d²)/da_d = 2 a_d x_d
-        const Eigen::RowVectorXd per_dim = (x.template cast<double>().array() * du.template cast<double>().array()).colwise().sum();
-        Eigen::Map<Eigen::RowVectorXd> g(grad, a.cols());
-        g.array() += which == role::query ? per_dim.array() : (2.0 * a.row(head).array() * per_dim.array()).eval();
-    }
-    parameter_gradients make_parameter_gradients() const { return {row_matrix<double>::Zero(a.rows(), a.cols())}; }
-    linrpe::index gradient_size() const { return a.cols(); }
-    void add_gradients(linrpe::index head, const double* flat, parameter_gradients& pg) const
-    {
-        pg.scale.row(head) += Eigen::Map<const Eigen::RowVectorXd>(flat, a.cols());
-    }
-    void validate_gradients(const parameter_gradients& pg) const
-    {
-        if (pg.scale.rows() != a.rows() || pg.scale.cols() != a.cols())
-            linrpe::detail::fail("parameter_gradients.scale shape", linrpe::detail::shape(a.rows(), a.cols()),
-                                 linrpe::detail::shape(pg.scale.rows(), pg.scale.cols()));
-    }
-
-private:
-    Eigen::RowVectorXd factor(linrpe::index head, role which) const
-    {
-        return which == role::query ? Eigen::RowVectorXd(a.row(head)) : Eigen::RowVectorXd(a.row(head).array().square());
-    }
-};
 } // namespace
 
 TEST_CASE("parameter gradients of a learned encoding: finite differences, accumulation, batch order, thread counts",
           "[backward][fd][parameters]")
 {
     const linrpe::index batch = 2, heads = 2, n = 150, d = 4, e = 3;
-    learned_scale pe;
-    pe.a = 0.5 + test::uniform<double>(heads, d, 9).array().abs();
+    using learned = test::learned_gain<test::stage::pre_feature>; // queries x ⊙ s_h, keys x ⊙ s_h², before the feature map
+    learned pe;
+    pe.s = 0.5 + test::uniform<double>(heads, d, 9).array().abs();
     const row_matrix<double> q = test::uniform<double>(batch * heads * n, d, 1, 0.5), k = test::uniform<double>(batch * heads * n, d, 2, 0.5),
                              v = test::uniform<double>(batch * heads * n, e, 3), dout = test::uniform<double>(batch * heads * n, e, 4);
     const auto in = [&](const row_matrix<double>& x) { return view_bhnd(x.data(), batch, heads, n, x.cols()); };
@@ -283,12 +229,12 @@ TEST_CASE("parameter gradients of a learned encoding: finite differences, accumu
         opt.mask = mask;
         opt.chunk_size = 16;
         opt.segment_rows = 64; // several blocks per head: the per-block buffers and their order are exercised
-        const auto make = [&](const learned_scale& p, int threads) {
+        const auto make = [&](const learned& p, int threads) {
             options<double> o = opt;
             o.threads = threads;
-            return linear_attention<feature_maps::elu_plus_one, learned_scale, double>({}, p, o);
+            return linear_attention<feature_maps::elu_plus_one, learned, double>({}, p, o);
         };
-        const auto grads = [&](int threads, learned_scale::parameter_gradients& pg) {
+        const auto grads = [&](int threads, learned::parameter_gradients& pg) {
             const auto attn = make(pe, threads);
             row_matrix<double> dq(q.rows(), d), dk(k.rows(), d), dv(v.rows(), e);
             attn.backward(in(q), in(k), in(v), in(dout), view_bhnd(dq.data(), batch, heads, n, d), view_bhnd(dk.data(), batch, heads, n, d),
@@ -300,16 +246,16 @@ TEST_CASE("parameter gradients of a learned encoding: finite differences, accumu
             auto other = make(pe, threads).make_parameter_gradients();
             grads(threads, other);
             CAPTURE(threads);
-            REQUIRE(test::bit_identical(other.scale, pg.scale));
+            REQUIRE(test::bit_identical(other.gain, pg.gain));
         }
         auto twice = pg;
         grads(1, twice); // accumulates: exactly 2·pg (doubling is exact)
-        REQUIRE(test::bit_identical(twice.scale, (2.0 * pg.scale).eval()));
+        REQUIRE(test::bit_identical(twice.gain, (2.0 * pg.gain).eval()));
 
         // ⟨pg, U⟩ against central differences of f(a) = ⟨dout, forward(a)⟩ (support_backward.hpp derives the bound).
         const auto f = [&](const row_matrix<double>& a) {
-            learned_scale shifted = pe;
-            shifted.a = a;
+            learned shifted = pe;
+            shifted.s = a;
             row_matrix<double> out(q.rows(), e);
             make(shifted, 1).forward(in(q), in(k), in(v), view_bhnd(out.data(), batch, heads, n, e), 5);
             return test::dot(dout, out);
@@ -321,11 +267,11 @@ TEST_CASE("parameter gradients of a learned encoding: finite differences, accumu
         const double f_round = 2.0 * (d + n + 16 + 4) * test::unit_roundoff<double>() * dout.norm() * out.norm();
         const row_matrix<double> u = test::uniform<double>(heads, d, 8);
         CAPTURE(int(mask));
-        test::require_fd(test::central_difference([&](double h) { return f(pe.a + h * u); }, test::dot(pg.scale, u), f_round,
-                                                  pg.scale.norm() * u.norm(), u.norm() / pe.a.norm()));
+        test::require_fd(test::central_difference([&](double h) { return f(pe.s + h * u); }, test::dot(pg.gain, u), f_round,
+                                                  pg.gain.norm() * u.norm(), u.norm() / pe.s.norm()));
 
         // A gradient value of the wrong shape is refused before anything is written.
-        learned_scale::parameter_gradients bad{row_matrix<double>::Zero(heads + 1, d)};
+        learned::parameter_gradients bad{row_matrix<double>::Zero(heads + 1, d)};
         row_matrix<double> dq = row_matrix<double>::Constant(q.rows(), d, 7.0), dk(k.rows(), d), dv(v.rows(), e);
         REQUIRE_THROWS_AS(make(pe, 1).backward(in(q), in(k), in(v), in(dout), view_bhnd(dq.data(), batch, heads, n, d),
                                                view_bhnd(dk.data(), batch, heads, n, d), view_bhnd(dv.data(), batch, heads, n, e), 5,
@@ -430,3 +376,4 @@ TEST_CASE("backward: bad shapes and views throw linrpe::error naming the argumen
                          "dout view");
     all_seven();
 }
+} // namespace test_backward_properties

@@ -2,6 +2,9 @@
 // and streaming decode (prefill + steps) equal to one batched call.
 #include "support.hpp"
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_causal {
+
 namespace {
 using namespace linrpe;
 
@@ -149,3 +152,4 @@ TEST_CASE("decoder matrix overloads track the position and reset", "[causal][dec
     dec.prefill(q, k, v, again);
     REQUIRE(test::rel_error(again, full) <= 1e-13);
 }
+} // namespace test_causal

@@ -2,6 +2,9 @@
 // LRPE + Toeplitz against the exact reference, every Toeplitz algorithm, and streaming decode.
 #include "support.hpp"
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_compose {
+
 namespace {
 using namespace linrpe;
 
@@ -108,3 +111,4 @@ TEMPLATE_TEST_CASE("SPE + Toeplitz: prefill + steps equals the batched causal ca
         REQUIRE(test::abs_error(y, ref) <= bound);
     }
 }
+} // namespace test_compose

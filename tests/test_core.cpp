@@ -4,6 +4,9 @@
 
 #include <array>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_core {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -191,3 +194,4 @@ TEMPLATE_TEST_CASE("one long head: blocked, threaded mixing is thread-count inde
         REQUIRE(err <= bound);
     }
 }
+} // namespace test_core

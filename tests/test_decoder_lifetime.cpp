@@ -4,6 +4,9 @@
 
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_decoder_lifetime {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -159,3 +162,4 @@ TEMPLATE_TEST_CASE("changing the attention after creating a decoder does not cha
         REQUIRE(test::bit_identical(stream(copy, q, k, v, 2), expected_toeplitz));
     }
 }
+} // namespace test_decoder_lifetime

@@ -1,6 +1,9 @@
 // Every invalid input throws linrpe::error naming the argument, and outputs stay untouched.
 #include "support.hpp"
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_errors {
+
 namespace {
 using namespace linrpe;
 using attention = linear_attention<feature_maps::elu_plus_one, positional::none, double>;
@@ -134,3 +137,4 @@ TEST_CASE("decoder errors name the argument", "[errors][decoder]")
     row_matrix<double> m(1, 4), mo(1, 2);
     throws_naming([&] { dec.step(m, m, mo, mo); }, "decoder batch x heads");
 }
+} // namespace test_errors

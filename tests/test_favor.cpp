@@ -4,6 +4,9 @@
 
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_favor {
+
 namespace {
 using namespace linrpe;
 
@@ -132,3 +135,4 @@ TEST_CASE("FAVOR+ stabilization leaves attention unchanged and finite for large 
     CAPTURE(err, bound);
     REQUIRE(err <= bound);
 }
+} // namespace test_favor

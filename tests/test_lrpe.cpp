@@ -10,6 +10,9 @@
 #include <cmath>
 #include <limits>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_lrpe {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -412,3 +415,4 @@ TEST_CASE("lrpe: bad arguments throw linrpe::error naming the argument", "[lrpe]
     REQUIRE_THROWS_WITH(rope.transform(x, -1, 0), Catch::Contains("first_position"));
     REQUIRE_THROWS_WITH(rope.transform_matrix(-3, 0), Catch::Contains("position"));
 }
+} // namespace test_lrpe

@@ -16,6 +16,9 @@
 #include <cmath>
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_lrpe_attention {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -304,3 +307,4 @@ TEST_CASE("lrpe attention: argument errors name the argument", "[lrpe][errors]")
     REQUIRE_THROWS_WITH(edited.forward(x, x, v, out, 1), Catch::Contains("theta"));
     CHECK(out.isConstant(7.0f)); // nothing written before validation
 }
+} // namespace test_lrpe_attention

@@ -9,6 +9,9 @@
 #include <type_traits>
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_no_leak {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -186,3 +189,4 @@ TEMPLATE_TEST_CASE("no leak: sineSPE (gated) and convSPE", "[no_leak][spe]", LIN
     };
     REQUIRE(check_no_leak<S>("conv_spe", make_conv, normalization::rms) == per_config);
 }
+} // namespace test_no_leak

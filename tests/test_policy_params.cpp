@@ -10,6 +10,9 @@
 #include <cmath>
 #include <limits>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_policy_params {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -393,3 +396,4 @@ TEMPLATE_TEST_CASE("rms: huge numerators are normalized, not zeroed, and eps kee
         CHECK(out.row(2).cwiseAbs().maxCoeff() > S(0.1)); // before the fix: all 0
     }
 }
+} // namespace test_policy_params

@@ -4,6 +4,9 @@
 
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_random {
+
 using linrpe::random::philox_stream;
 using linrpe::random::purpose;
 
@@ -86,3 +89,4 @@ TEST_CASE("filling a buffer gives identical numbers for 1 and 2 threads", "[rand
     REQUIRE(one == two);
     REQUIRE(one[12345] == static_cast<float>(s.normal(12345))); // float users see the rounded double
 }
+} // namespace test_random

@@ -10,6 +10,9 @@
 #include <array>
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_segments {
+
 namespace {
 using namespace linrpe;
 
@@ -134,3 +137,4 @@ TEST_CASE("options.segment_rows must be at least 1", "[segments][errors]")
     opt.segment_rows = 0;
     REQUIRE_THROWS_WITH((linear_attention<feature_maps::elu_plus_one>({}, {}, opt)), Catch::Contains("options.segment_rows"));
 }
+} // namespace test_segments

@@ -5,6 +5,9 @@
 #include <random>
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_serving {
+
 namespace {
 using namespace state_test;
 using linrpe::index;
@@ -329,3 +332,4 @@ TEST_CASE("Serving: bad slots, subsets and slot buffers are refused, nothing cha
     REQUIRE_THROWS_WITH(dec.step(m, m, mo, mo), Contains("decoder batch x heads"));
 }
 } // namespace
+} // namespace test_serving

@@ -16,6 +16,9 @@
 #include <limits>
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_spe_attention {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -274,3 +277,4 @@ TEST_CASE("SPE preserves positivity: sum normalization is accepted", "[spe]")
     CHECK(make_sine<float>().pre_output_dim(dim) == reals);
 }
 } // namespace
+} // namespace test_spe_attention

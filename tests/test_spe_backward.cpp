@@ -17,6 +17,9 @@
 #include <string>
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_spe_backward {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -371,10 +374,12 @@ attention_of<Spe> with_threads(const Spe& spe, masking mask, int threads)
     return attention_of<Spe>({}, spe, opt);
 }
 
+// Returns the number of masks checked.
 template <class Spe>
-void check_threads(const Spe& spe)
+int check_threads(const Spe& spe)
 {
     const batched_inputs in;
+    int checked = 0;
     for (const masking mask : {masking::none, masking::causal}) {
         CAPTURE(int(mask));
         auto pg = spe.make_parameter_gradients();
@@ -390,7 +395,9 @@ void check_threads(const Spe& spe)
         std::vector<double> doubled = flat_of(pg);
         for (double& x : doubled) x *= 2;
         REQUIRE(flat_of(twice) == doubled);
+        ++checked;
     }
+    return checked;
 }
 
 // Realization export → import: a second encoding, drawn from another seed, given the first one's parameters and
@@ -448,8 +455,8 @@ std::string error_of(const F& call)
 
 TEST_CASE("SPE batched parameter gradients: bit-identical for 1, 2 and 3 threads, accumulated", "[spe][backward][threads]")
 {
-    check_threads(make_sine<double>(true));
-    check_threads(make_conv<double>(true, 20));
+    REQUIRE(check_threads(make_sine<double>(true)) == 2);
+    REQUIRE(check_threads(make_conv<double>(true, 20)) == 2);
 }
 
 TEST_CASE("SPE realizations as data: export → import, the documented formula, threads and the decoder", "[spe][realization]")
@@ -595,3 +602,4 @@ TEST_CASE("SPE: bad realization and parameter-gradient shapes throw linrpe::erro
     REQUIRE(pgs.freqs.isZero(0.0));
     REQUIRE(pgc.query_filter.isZero(0.0));
 }
+} // namespace test_spe_backward

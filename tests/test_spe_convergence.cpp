@@ -12,6 +12,9 @@
 #include <cmath>
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_spe_convergence {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -79,3 +82,4 @@ TEST_CASE("SPE attention with exact exp converges to softmax-RPE like R^-1/2", "
         CHECK(slope <= -0.3);
     }
 }
+} // namespace test_spe_convergence

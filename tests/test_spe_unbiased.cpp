@@ -11,6 +11,9 @@
 #include <utility>
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_spe_unbiased {
+
 namespace {
 using linrpe::index;
 using linrpe::role;
@@ -235,3 +238,4 @@ TEST_CASE("philox_stream::blocks gives the bits of block(); SPE noise is blockwi
     for (std::size_t i = 0; i < zf.size(); ++i) CHECK(std::abs(double(zf[i]) - whole[i]) <= 64 * 6 * 1.2e-7);
 }
 } // namespace
+} // namespace test_spe_unbiased

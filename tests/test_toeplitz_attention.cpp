@@ -20,6 +20,9 @@
 #include <type_traits>
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_toeplitz_attention {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -677,3 +680,4 @@ TEMPLATE_TEST_CASE("compose of a feature-side encoding with toeplitz equals the 
 }
 
 } // namespace
+} // namespace test_toeplitz_attention

@@ -1,12 +1,16 @@
 // Backward of Toeplitz RPE (docs/design.md §16): dq, dk, dv through the mixing and ∂L/∂b for dense, fft and
 // banded, causal and not, every normalization; compose with a feature-side encoding that learns.
 #include "support_backward.hpp"
+#include "support_learned.hpp"
 
 #include <linrpe/positional/compose.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
+
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_toeplitz_backward {
 
 namespace {
 using namespace linrpe;
@@ -273,56 +277,13 @@ TEST_CASE("Toeplitz backward refuses parameter gradients of the wrong shape befo
     CHECK_THROWS_AS(pe.set_biases(row_matrix<double>(row_matrix<double>::Zero(2, 8))), linrpe::error);
 }
 
-// A post-feature encoding that learns (test only: the shipped LRPE / SPE hooks come from other branches):
-// ψ = φ ⊙ s_h for queries, κ = φ ⊙ s_h² for keys, s (H, M) > 0.
-struct learned_gain {
-    using scalar_type = double;
-    static constexpr bool has_pre_feature = false;
-    static constexpr bool has_post_feature = true;
-    static constexpr bool has_mixing = false;
-    struct parameter_gradients {
-        row_matrix<double> gain; // (H, M)
-    };
-    row_matrix<double> s; // (H, M)
-
-    bool preserves_positivity(index) const { return true; }
-    index post_output_dim(index feature_dim) const { return feature_dim; }
-    template <class S>
-    void encode_post(const Eigen::Ref<const row_matrix<S>>& phi, Eigen::Ref<row_matrix<S>> out, index, index head, role which) const
-    {
-        out = phi.array().rowwise() * factor(head, which).template cast<S>().array();
-    }
-    // dphi = dpsi ⊙ f; ∂/∂s of Σ dpsi ⊙ φ ⊙ s (queries) or ⊙ s² (keys).
-    template <class S>
-    void encode_post_backward(const Eigen::Ref<const row_matrix<S>>& phi, const Eigen::Ref<const row_matrix<S>>& dpsi,
-                              Eigen::Ref<row_matrix<S>> dphi, index, index head, role which, double* grad) const
-    {
-        dphi = dpsi.array().rowwise() * factor(head, which).template cast<S>().array();
-        if (!grad) return;
-        const Eigen::RowVectorXd per = (phi.template cast<double>().array() * dpsi.template cast<double>().array()).colwise().sum();
-        Eigen::Map<Eigen::RowVectorXd> g(grad, s.cols());
-        g.array() += which == role::query ? per.array() : (2.0 * s.row(head).array() * per.array()).eval();
-    }
-    parameter_gradients make_parameter_gradients() const { return {row_matrix<double>::Zero(s.rows(), s.cols())}; }
-    index gradient_size() const { return s.cols(); }
-    void add_gradients(index head, const double* flat, parameter_gradients& pg) const
-    {
-        pg.gain.row(head) += Eigen::Map<const Eigen::RowVectorXd>(flat, s.cols());
-    }
-
-private:
-    Eigen::RowVectorXd factor(index head, role which) const
-    {
-        return which == role::query ? Eigen::RowVectorXd(s.row(head)) : Eigen::RowVectorXd(s.row(head).array().square());
-    }
-};
-
 TEST_CASE("compose(post-feature encoding that learns, toeplitz_rpe): both parts' gradients equal finite differences",
           "[toeplitz][backward][compose][fd]")
 {
-    using pe_t = positional::compose<learned_gain, positional::toeplitz_rpe<double>>;
+    using learned = test::learned_gain<test::stage::post_feature>; // queries φ ⊙ s_h, keys φ ⊙ s_h², after the feature map
+    using pe_t = positional::compose<learned, positional::toeplitz_rpe<double>>;
     const index batch = 2, heads = 2, n = 150, d = 3, e = 2, t_max = 20;
-    learned_gain gain;
+    learned gain;
     gain.s = 0.5 + test::uniform<double>(heads, d, 9).array().abs(); // elu + 1: M = D
     const pe_t pe(gain, random_biases(heads, t_max, 13));
     const row_matrix<double> q = test::uniform<double>(batch * heads * n, d, 41, 0.6), k = test::uniform<double>(batch * heads * n, d, 42, 0.6),
@@ -384,8 +345,9 @@ TEST_CASE("compose(post-feature encoding that learns, toeplitz_rpe): both parts'
 
 // The shipped feature-side encodings composed with Toeplitz weights: the chain through both parts, per head
 // (head 1 of 2), every input and one learnable tensor of each part, against central finite differences.
+// Returns the number of (mask, algorithm) configurations checked.
 template <class FeatureSide, class Grad>
-void check_compose_chain(const FeatureSide& side, row_matrix<double> FeatureSide::*param, Grad grad_of,
+int check_compose_chain(const FeatureSide& side, row_matrix<double> FeatureSide::*param, Grad grad_of,
                          void (*set)(FeatureSide&, const row_matrix<double>&), index d, index t_max)
 {
     using pe_t = positional::compose<FeatureSide, positional::toeplitz_rpe<double>>;
@@ -393,6 +355,7 @@ void check_compose_chain(const FeatureSide& side, row_matrix<double> FeatureSide
     const pe_t pe(side, random_biases(2, t_max, 23));
     const row_matrix<double> q = test::uniform<double>(n, d, 51, 0.6), k = test::uniform<double>(n, d, 52, 0.6),
                              v = test::uniform<double>(n, e, 53), dout = test::uniform<double>(n, e, 54);
+    int checked = 0;
     for (const masking mask : {masking::none, masking::causal})
         for (const toeplitz_algorithm algo : algorithms) {
             const options<double> opt = make_options<double>(mask, normalization::rms, algo);
@@ -426,7 +389,9 @@ void check_compose_chain(const FeatureSide& side, row_matrix<double> FeatureSide
                     return f(moved, q);
                 },
                 test::dot(pg.mixing.biases, ub), f_round, pg.mixing.biases.norm() * ub.norm(), ub.norm() / pe.mixing.bias.norm()));
+            ++checked;
         }
+    return checked;
 }
 
 TEST_CASE("compose(sine_spe, toeplitz_rpe) and compose(lrpe, toeplitz_rpe): the chain through both parts equals "
@@ -436,17 +401,20 @@ TEST_CASE("compose(sine_spe, toeplitz_rpe) and compose(lrpe, toeplitz_rpe): the 
     {
         positional::sine_spe<double> spe(2, 4, 3, 16, 7, true);
         spe.freqs.array() += 2.0; // phases turn visibly within 40 positions
-        check_compose_chain<positional::sine_spe<double>>(
-            spe, &positional::sine_spe<double>::gains, [](const auto& g) -> const row_matrix<double>& { return g.gains; },
-            [](positional::sine_spe<double>& s, const row_matrix<double>& x) { s.set_parameters(s.freqs, s.offsets, x); }, 4, 9);
+        REQUIRE(check_compose_chain<positional::sine_spe<double>>(
+                    spe, &positional::sine_spe<double>::gains, [](const auto& g) -> const row_matrix<double>& { return g.gains; },
+                    [](positional::sine_spe<double>& s, const row_matrix<double>& x) { s.set_parameters(s.freqs, s.offsets, x); },
+                    4, 9) == 2 * int(std::size(algorithms)));
     }
     SECTION("LRPE rotate with learned θ: q and θ, and b")
     {
         positional::lrpe<double> lr(lrpe_kind::rotate, 4, 2);
         lr.set_theta((0.1 + 0.9 * test::uniform<double>(2, lr.theta_count(), 21).array().abs()).matrix());
-        check_compose_chain<positional::lrpe<double>>(
-            lr, &positional::lrpe<double>::theta, [](const auto& g) -> const row_matrix<double>& { return g.theta; },
-            [](positional::lrpe<double>& p, const row_matrix<double>& x) { p.set_theta(x); }, 4, 9);
+        REQUIRE(check_compose_chain<positional::lrpe<double>>(
+                    lr, &positional::lrpe<double>::theta, [](const auto& g) -> const row_matrix<double>& { return g.theta; },
+                    [](positional::lrpe<double>& p, const row_matrix<double>& x) { p.set_theta(x); }, 4, 9) ==
+                2 * int(std::size(algorithms)));
     }
 }
 } // namespace
+} // namespace test_toeplitz_backward

@@ -12,6 +12,9 @@
 
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_toeplitz_decoder {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -153,3 +156,4 @@ TEMPLATE_TEST_CASE("Toeplitz decoder: past outputs of prefills and steps are bit
 }
 
 } // namespace
+} // namespace test_toeplitz_decoder

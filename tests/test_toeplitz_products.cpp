@@ -8,6 +8,9 @@
 
 #include <catch2/catch.hpp>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_toeplitz_products {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -116,3 +119,4 @@ TEMPLATE_TEST_CASE("FFTW and Eigen FFT backends agree to rounding", "[toeplitz][
 #endif
 
 } // namespace
+} // namespace test_toeplitz_products

@@ -8,6 +8,9 @@
 #include <type_traits>
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_validation {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -338,3 +341,4 @@ TEST_CASE("toeplitz_choice returns the algorithm forward runs", "[validation][to
     // Without sequence mixing the option is returned unchanged (and unused).
     REQUIRE(elu().toeplitz_choice(10, 10, 4, 4) == toeplitz_algorithm::automatic);
 }
+} // namespace test_validation

@@ -4,6 +4,9 @@
 
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_varlen {
+
 namespace {
 using namespace state_test;
 using linrpe::index;
@@ -286,3 +289,4 @@ TEST_CASE("Varlen: bad offsets, lengths and positions are refused before writing
 }
 
 } // namespace
+} // namespace test_varlen

@@ -4,6 +4,9 @@
 
 #include <thread>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_workspace {
+
 namespace {
 using namespace linrpe;
 
@@ -83,3 +86,4 @@ TEST_CASE("concurrent calls on one attention object are correct", "[workspace]")
     for (auto& t : pool) t.join();
     for (const auto& o : outs) REQUIRE(test::bit_identical(o, expected));
 }
+} // namespace test_workspace
