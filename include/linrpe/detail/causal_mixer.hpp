@@ -83,6 +83,26 @@ void lower_triangle_product(const A& a, const Values& v, Acc& acc, index r0, ind
     lower_triangle_product(a, v, acc, r0 + h, rows - h);
 }
 
+/// \brief acc.middleRows(r0, rows) += tril(a)(r0.., r0..)ᵀ · x.middleRows(r0, rows): row j of the result reads
+/// only a(i, j) and x row i for j <= i < r0 + rows (the backward's key side: a key's in-chunk gradient sums
+/// over the queries at and after it). The halving of lower_triangle_product transposed:
+/// [T₁ᵀ Bᵀ; 0 T₂ᵀ]·[x₁; x₂] = [T₁ᵀ x₁ + Bᵀ x₂; T₂ᵀ x₂], where Bᵀ x₂ is a GEMM of later rows only.
+template <class A, class X, class Acc>
+void lower_triangle_product_transposed(const A& a, const X& x, Acc& acc, index r0, index rows)
+{
+    if (rows <= triangle_leaf_rows) {
+        for (index j = r0; j < r0 + rows; ++j) {
+            const index count = r0 + rows - j;
+            acc.row(j).noalias() += a.block(j, j, count, 1).transpose().lazyProduct(x.middleRows(j, count)); // (1, E)
+        }
+        return;
+    }
+    const index h = rows / 2;
+    lower_triangle_product_transposed(a, x, acc, r0, h);
+    acc.middleRows(r0, h).noalias() += a.block(r0 + h, r0, rows - h, h).transpose() * x.middleRows(r0 + h, rows - h); // (h, E)
+    lower_triangle_product_transposed(a, x, acc, r0 + h, rows - h);
+}
+
 /// \brief Causal chunk recurrence over `psi`, `kappa` (rows, M) and `v` (rows, E), continuing from `state`
 /// and leaving it after the last row. Writes the numerator into `num` (rows, E) and, when `den` is
 /// non-null, the denominator into `den` (rows). `scores` is (C, C + E) scratch reused across calls: the
@@ -198,8 +218,10 @@ void causal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<c
 //
 // The seed needs dout_i · num_i, which is formed without the numerator: with P = dout Sᵀ (needed for dΨ
 // anyway) and D = tril(dout V_cᵀ) (needed for the in-chunk term), dout_i · num_i = ψ_i · P_i + Σ_j A_ij D_ij.
-// Masked (future for dΨ, past for dΚ, dV) entries of the (C, C) products are set to zero before use, so
-// dK_j, dV_j never read dOut rows before j and dQ_i never reads keys after i (bit-exactly, for finite inputs).
+// Masked (future for dΨ, past for dΚ, dV) entries of the (C, C) products are set to zero (for the row sums)
+// and never read by the products with them (lower_triangle_product and its transpose), so dK_j, dV_j never
+// read a query or dOut row before j and dQ_i never reads a key, value or dOut row after i: bit-exactly,
+// whatever those rows hold (NaN and Inf included; tests/test_no_leak_backward.cpp).
 
 /// The rows of one chunk for its in-chunk (causal) terms: its ψ, κ, V, and the stores of
 /// A = tril(Ψ_c Κ_cᵀ) and B = tril(G V̄_cᵀ) (C, C) that the query pass writes and the key pass reads.
@@ -223,7 +245,7 @@ void backward_query_rows(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen
     }
     if (norm == normalization::rms) {
         row_matrix<S> num = psi * state.s; // (C, E)
-        if (own) num.noalias() += own->a * own->v;
+        if (own) lower_triangle_product(own->a, own->v, num, 0, num.rows());
         rms_seed<S>(num, dout, g, eps);
     } else {
         g = dout;
@@ -234,7 +256,7 @@ void backward_query_rows(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen
         own->b.template triangularView<Eigen::StrictlyUpper>().setZero();
     }
     if (norm != normalization::sum) {
-        if (own) dpsi.noalias() += own->b * own->kappa;
+        if (own) lower_triangle_product(own->b, own->kappa, dpsi, 0, dpsi.rows());
         return;
     }
     vector<S> den = psi * state.z;                                        // (C)
@@ -251,7 +273,7 @@ void backward_query_rows(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen
     if (own) {
         own->b.array().colwise() *= inv.array();
         for (index i = 0; i < own->b.rows(); ++i) own->b.row(i).head(i + 1).array() += g_den[i];
-        dpsi.noalias() += own->b * own->kappa;
+        lower_triangle_product(own->b, own->kappa, dpsi, 0, dpsi.rows());
     }
 }
 
@@ -266,8 +288,8 @@ void backward_key_rows(const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen
     if (u.z.size()) dkappa.rowwise() += u.z.transpose();
     dv.noalias() = kappa * u.s; // (C, E)
     if (own) {
-        dkappa.noalias() += own->b.transpose() * own->psi;
-        dv.noalias() += own->a.transpose() * g;
+        lower_triangle_product_transposed(own->b, own->psi, dkappa, 0, dkappa.rows());
+        lower_triangle_product_transposed(own->a, g, dv, 0, dv.rows());
     }
 }
 
