@@ -83,24 +83,24 @@ void lower_triangle_product(const A& a, const Values& v, Acc& acc, index r0, ind
     lower_triangle_product(a, v, acc, r0 + h, rows - h);
 }
 
-/// \brief acc.middleRows(r0, rows) += tril(a)(r0.., r0..)ᵀ · x.middleRows(r0, rows): row j of the result reads
-/// only a(i, j) and x row i for j <= i < r0 + rows (the backward's key side: a key's in-chunk gradient sums
-/// over the queries at and after it). The halving of lower_triangle_product transposed:
-/// [T₁ᵀ Bᵀ; 0 T₂ᵀ]·[x₁; x₂] = [T₁ᵀ x₁ + Bᵀ x₂; T₂ᵀ x₂], where Bᵀ x₂ is a GEMM of later rows only.
-template <class A, class X, class Acc>
-void lower_triangle_product_transposed(const A& a, const X& x, Acc& acc, index r0, index rows)
+/// \brief acc.middleRows(r0, rows) += triu(u)(r0.., r0..) · x.middleRows(r0, rows): row j of the result reads
+/// only u(j, i) and x row i for j <= i < r0 + rows (the backward's key side, with u = aᵀ copied so that its
+/// rows are contiguous: a key's in-chunk gradient sums over the queries at and after it). The halving of
+/// lower_triangle_product mirrored: [T₁ B; 0 T₂]·[x₁; x₂] = [T₁ x₁ + B x₂; T₂ x₂], B x₂ a GEMM of later rows.
+template <class U, class X, class Acc>
+void upper_triangle_product(const U& u, const X& x, Acc& acc, index r0, index rows)
 {
     if (rows <= triangle_leaf_rows) {
         for (index j = r0; j < r0 + rows; ++j) {
             const index count = r0 + rows - j;
-            acc.row(j).noalias() += a.block(j, j, count, 1).transpose().lazyProduct(x.middleRows(j, count)); // (1, E)
+            acc.row(j).noalias() += u.block(j, j, 1, count).lazyProduct(x.middleRows(j, count)); // (1, E)
         }
         return;
     }
     const index h = rows / 2;
-    lower_triangle_product_transposed(a, x, acc, r0, h);
-    acc.middleRows(r0, h).noalias() += a.block(r0 + h, r0, rows - h, h).transpose() * x.middleRows(r0 + h, rows - h); // (h, E)
-    lower_triangle_product_transposed(a, x, acc, r0 + h, rows - h);
+    upper_triangle_product(u, x, acc, r0, h);
+    acc.middleRows(r0, h).noalias() += u.block(r0, r0 + h, h, rows - h) * x.middleRows(r0 + h, rows - h); // (h, E)
+    upper_triangle_product(u, x, acc, r0 + h, rows - h);
 }
 
 /// \brief Causal chunk recurrence over `psi`, `kappa` (rows, M) and `v` (rows, E), continuing from `state`
@@ -219,7 +219,7 @@ void causal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<c
 // The seed needs dout_i · num_i, which is formed without the numerator: with P = dout Sᵀ (needed for dΨ
 // anyway) and D = tril(dout V_cᵀ) (needed for the in-chunk term), dout_i · num_i = ψ_i · P_i + Σ_j A_ij D_ij.
 // Masked (future for dΨ, past for dΚ, dV) entries of the (C, C) products are set to zero (for the row sums)
-// and never read by the products with them (lower_triangle_product and its transpose), so dK_j, dV_j never
+// and never read by the products with them (lower_triangle_product, upper_triangle_product), so dK_j, dV_j never
 // read a query or dOut row before j and dQ_i never reads a key, value or dOut row after i: bit-exactly,
 // whatever those rows hold (NaN and Inf included; tests/test_no_leak_backward.cpp).
 
@@ -288,8 +288,10 @@ void backward_key_rows(const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen
     if (u.z.size()) dkappa.rowwise() += u.z.transpose();
     dv.noalias() = kappa * u.s; // (C, E)
     if (own) {
-        lower_triangle_product_transposed(own->b, own->psi, dkappa, 0, dkappa.rows());
-        lower_triangle_product_transposed(own->a, g, dv, 0, dv.rows());
+        row_matrix<S> t = own->b.transpose(); // (C, C), upper triangular: copied, never multiplied by a mask
+        upper_triangle_product(t, own->psi, dkappa, 0, dkappa.rows());
+        t = own->a.transpose();
+        upper_triangle_product(t, g, dv, 0, dv.rows());
     }
 }
 
