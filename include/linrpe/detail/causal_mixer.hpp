@@ -83,6 +83,26 @@ void lower_triangle_product(const A& a, const Values& v, Acc& acc, index r0, ind
     lower_triangle_product(a, v, acc, r0 + h, rows - h);
 }
 
+/// \brief acc.middleRows(r0, rows) += triu(u)(r0.., r0..) · x.middleRows(r0, rows): row j of the result reads
+/// only u(j, i) and x row i for j <= i < r0 + rows (the backward's key side, with u = aᵀ copied so that its
+/// rows are contiguous: a key's in-chunk gradient sums over the queries at and after it). The halving of
+/// lower_triangle_product mirrored: [T₁ B; 0 T₂]·[x₁; x₂] = [T₁ x₁ + B x₂; T₂ x₂], B x₂ a GEMM of later rows.
+template <class U, class X, class Acc>
+void upper_triangle_product(const U& u, const X& x, Acc& acc, index r0, index rows)
+{
+    if (rows <= triangle_leaf_rows) {
+        for (index j = r0; j < r0 + rows; ++j) {
+            const index count = r0 + rows - j;
+            acc.row(j).noalias() += u.block(j, j, 1, count).lazyProduct(x.middleRows(j, count)); // (1, E)
+        }
+        return;
+    }
+    const index h = rows / 2;
+    upper_triangle_product(u, x, acc, r0, h);
+    acc.middleRows(r0, h).noalias() += u.block(r0, r0 + h, h, rows - h) * x.middleRows(r0 + h, rows - h); // (h, E)
+    upper_triangle_product(u, x, acc, r0 + h, rows - h);
+}
+
 /// \brief Causal chunk recurrence over `psi`, `kappa` (rows, M) and `v` (rows, E), continuing from `state`
 /// and leaving it after the last row. Writes the numerator into `num` (rows, E) and, when `den` is
 /// non-null, the denominator into `den` (rows). `scores` is (C, C + E) scratch reused across calls: the
@@ -198,8 +218,10 @@ void causal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<c
 //
 // The seed needs dout_i · num_i, which is formed without the numerator: with P = dout Sᵀ (needed for dΨ
 // anyway) and D = tril(dout V_cᵀ) (needed for the in-chunk term), dout_i · num_i = ψ_i · P_i + Σ_j A_ij D_ij.
-// Masked (future for dΨ, past for dΚ, dV) entries of the (C, C) products are set to zero before use, so
-// dK_j, dV_j never read dOut rows before j and dQ_i never reads keys after i (bit-exactly, for finite inputs).
+// Masked (future for dΨ, past for dΚ, dV) entries of the (C, C) products are set to zero (for the row sums)
+// and never read by the products with them (lower_triangle_product, upper_triangle_product), so dK_j, dV_j never
+// read a query or dOut row before j and dQ_i never reads a key, value or dOut row after i: bit-exactly,
+// whatever those rows hold (NaN and Inf included; tests/test_no_leak_backward.cpp).
 
 /// The rows of one chunk for its in-chunk (causal) terms: its ψ, κ, V, and the stores of
 /// A = tril(Ψ_c Κ_cᵀ) and B = tril(G V̄_cᵀ) (C, C) that the query pass writes and the key pass reads.
@@ -223,7 +245,7 @@ void backward_query_rows(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen
     }
     if (norm == normalization::rms) {
         row_matrix<S> num = psi * state.s; // (C, E)
-        if (own) num.noalias() += own->a * own->v;
+        if (own) lower_triangle_product(own->a, own->v, num, 0, num.rows());
         rms_seed<S>(num, dout, g, eps);
     } else {
         g = dout;
@@ -234,7 +256,7 @@ void backward_query_rows(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen
         own->b.template triangularView<Eigen::StrictlyUpper>().setZero();
     }
     if (norm != normalization::sum) {
-        if (own) dpsi.noalias() += own->b * own->kappa;
+        if (own) lower_triangle_product(own->b, own->kappa, dpsi, 0, dpsi.rows());
         return;
     }
     vector<S> den = psi * state.z;                                        // (C)
@@ -251,7 +273,7 @@ void backward_query_rows(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen
     if (own) {
         own->b.array().colwise() *= inv.array();
         for (index i = 0; i < own->b.rows(); ++i) own->b.row(i).head(i + 1).array() += g_den[i];
-        dpsi.noalias() += own->b * own->kappa;
+        lower_triangle_product(own->b, own->kappa, dpsi, 0, dpsi.rows());
     }
 }
 
@@ -266,8 +288,10 @@ void backward_key_rows(const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen
     if (u.z.size()) dkappa.rowwise() += u.z.transpose();
     dv.noalias() = kappa * u.s; // (C, E)
     if (own) {
-        dkappa.noalias() += own->b.transpose() * own->psi;
-        dv.noalias() += own->a.transpose() * g;
+        row_matrix<S> t = own->b.transpose(); // (C, C), upper triangular: copied, never multiplied by a mask
+        upper_triangle_product(t, own->psi, dkappa, 0, dkappa.rows());
+        t = own->a.transpose();
+        upper_triangle_product(t, g, dv, 0, dv.rows());
     }
 }
 

@@ -113,7 +113,9 @@ void toeplitz_mix_banded(const relative_weights<S>& w, const Eigen::Ref<const ro
 ///     B = G_b Vx_rectᵀ:  ∂L/∂log c += A ⊙ B by offset,  dΨ_b += (B ⊙ W) Κ_rect,  dΚ_rect += (B ⊙ W)ᵀ Ψ_b,
 ///     dVx_rect += Aᵀ G_b
 ///
-/// (the rectangle is [lo, hi) of banded_rectangle; causally masked pairs have weight 0). `seed(r0, num'_b,
+/// (the rectangle is [lo, hi) of banded_rectangle; causal blocks take its keys visible to every row of the
+/// block this way and the rest as a triangle, add_weighted_triangle and add_weighted_triangle_backward, so
+/// that no masked pair enters the arithmetic: NaN-proof as the forward). `seed(r0, num'_b,
 /// g_b)` writes the seed rows [r0, r0 + rows) into x.g (num'_b is not formed when `with_num` is false: the
 /// `none` seed needs no numerator). The far parts are lagged states. With S_behind(b) = Σ_{j < lo_b} κ_j vx_jᵀ
 /// (forward sweep) and U_behind(b) = Σ_{b' >= b} Ψ_b'ᵀ G_b' (backward sweep), far-behind weight c_fb:
@@ -166,9 +168,13 @@ void toeplitz_backward_banded(const relative_weights<S>& w, toeplitz_vjp<S> x, i
         if (x.dlog_c) acc += static_cast<double>(c) * static_cast<double>((x.psi.middleRows(r0, rows).array() * p.array()).sum());
         x.dpsi.middleRows(r0, rows).noalias() += c * p;
     };
-    row_matrix<S> sa, sb, num; // (rows, cols), (rows, cols), (rows, Ex)
+    row_matrix<S> sa, sb, num, scores; // (rows, cols), (rows, cols), (rows, Ex), scratch
     for (index b = 0, end = 0; b < blocks; ++b) {
-        const index r0 = b * rb, rows = rows_of(b), c0 = lo[b], cols = hi[b] - lo[b];
+        // Causal: the keys [lo, r0 − delta) visible to every row of the block form the fused rectangle, the
+        // rest a triangle recomputed and differentiated apart (masked pairs skipped, as in the forward).
+        const index r0 = b * rb, rows = rows_of(b), c0 = lo[b];
+        const index full = causal ? std::clamp<index>(r0 - delta, lo[b], hi[b]) : hi[b], cols = full - c0;
+        toeplitz_vjp<S> block = x.sub(r0, rows, 0, nk); // rows local to the block: table offset off − r0
         add_keys(end, lo[b]);
         end = std::max(end, lo[b]);
         const auto psi = x.psi.middleRows(r0, rows);                                          // (rows, M)
@@ -177,6 +183,8 @@ void toeplitz_backward_banded(const relative_weights<S>& w, toeplitz_vjp<S> x, i
         for (index i = 0; i < rows; ++i) sa.row(i).array() *= table.segment(c0 - (r0 + i) + off, cols).transpose().array();
         if (with_num) {
             num.noalias() = sa * vx;
+            if (causal && hi[b] > full)
+                add_weighted_triangle<S>(block.psi, x.kappa, x.vx, table, off - r0, 0, rows, r0 - delta, num, scores);
             if (end > 0) num.noalias() += c_behind * (psi * state);
             if (!causal) num += num_ahead.middleRows(r0, rows);
         }
@@ -192,6 +200,8 @@ void toeplitz_backward_banded(const relative_weights<S>& w, toeplitz_vjp<S> x, i
         x.dpsi.middleRows(r0, rows).noalias() += sb * kappa;
         x.dkappa.middleRows(c0, cols).noalias() += sb.transpose() * psi;
         x.dvx.middleRows(c0, cols).noalias() += sa.transpose() * g;
+        if (causal && hi[b] > full)
+            add_weighted_triangle_backward<S>(block, table, off - r0, 0, rows, r0 - delta, x.dlog_c ? &bins : nullptr, sa, sb);
         if (end > 0) far_query_side(b, c_behind, far[0]);
     }
     if (x.dlog_c) fold_offset_bins(w, bins, t_lo, *x.dlog_c);

@@ -167,10 +167,48 @@ void add_weighted_rectangle_backward(toeplitz_vjp<S>& x, const vector<S>& table,
     x.dvx.middleRows(c0, cols).noalias() += a.transpose() * g;
 }
 
+/// \brief VJP of add_weighted_triangle (row r0 + a, keys [c0, c0 + a] ∩ [0, Nk)), added to `x`'s outputs,
+/// by the same recursion: two half triangles and the rectangle between them (add_weighted_rectangle_backward),
+/// down to triangle_direct_rows rows taken key by visible key. A masked pair is skipped, never weighted by 0
+/// (0·NaN = NaN): dΨ_i reads no later key or value and dΚ_j, dVx_j no earlier query or seed row, so the
+/// causal gradients are bit-identical whatever the other side holds (NaN and inf included).
+template <class S>
+void add_weighted_triangle_backward(toeplitz_vjp<S>& x, const vector<S>& table, index off, index r0, index rows, index c0,
+                                    std::vector<double>* bins, row_matrix<S>& a, row_matrix<S>& b)
+{
+    const index nk = x.kappa.rows();
+    if (rows <= 0 || c0 >= nk) return;
+    if (rows <= triangle_direct_rows) {
+        for (index r = 0; r < rows; ++r) {
+            const index i = r0 + r, ja = std::max<index>(c0, 0), jb = std::min(c0 + r + 1, nk);
+            if (jb <= ja) continue;
+            const auto kappa = x.kappa.middleRows(ja, jb - ja), vx = x.vx.middleRows(ja, jb - ja); // (keys, M), (keys, Ex)
+            const auto wi = table.segment(ja - i + off, jb - ja).array();
+            vector<S> sa = kappa * x.psi.row(i).transpose(); // (keys)
+            vector<S> sb = vx * x.g.row(i).transpose();      // (keys)
+            sb.array() *= wi;
+            if (bins)
+                for (index j = 0; j < jb - ja; ++j)
+                    (*bins)[static_cast<std::size_t>(ja - i + off + j)] += static_cast<double>(sa[j] * sb[j]);
+            sa.array() *= wi;
+            x.dpsi.row(i).noalias() += sb.transpose() * kappa;
+            x.dkappa.middleRows(ja, jb - ja).noalias() += sb * x.psi.row(i);
+            x.dvx.middleRows(ja, jb - ja).noalias() += sa * x.g.row(i);
+        }
+        return;
+    }
+    const index h = rows / 2;
+    add_weighted_triangle_backward<S>(x, table, off, r0, h, c0, bins, a, b);
+    const index ja = std::max<index>(c0, 0), jb = std::min(c0 + h, nk);
+    add_weighted_rectangle_backward<S>(x, table, off, r0 + h, rows - h, ja, jb - ja, bins, a, b);
+    add_weighted_triangle_backward<S>(x, table, off, r0 + h, rows - h, c0 + h, bins, a, b);
+}
+
 /// \brief VJP of toeplitz_mix_dense (added to `x`'s outputs): the same row blocks and key tiles, each pair
-/// of blocks by add_weighted_rectangle_backward; causal blocks take their triangle as one square whose
-/// masked weights are 0. O(N·Nk·(3M + 2Ex)) time (about half when causal), O(block·tile) extra memory. Runs
-/// serially inside the head (every row block adds to every key row); the result depends on the shape only.
+/// of blocks by add_weighted_rectangle_backward, and each causal block's triangle by
+/// add_weighted_triangle_backward (masked pairs skipped, so causal gradients are NaN-proof like the
+/// forward). O(N·Nk·(3M + 2Ex)) time (about half when causal), O(block·tile) extra memory. Runs serially
+/// inside the head (every row block adds to every key row); the result depends on the shape only.
 template <class S>
 void toeplitz_backward_dense(const relative_weights<S>& w, toeplitz_vjp<S> x, index q_first, index k_first, bool causal,
                              index block = 128)
@@ -188,10 +226,7 @@ void toeplitz_backward_dense(const relative_weights<S>& w, toeplitz_vjp<S> x, in
         const index full = causal ? std::clamp<index>(r0 - delta, 0, nk) : nk;
         for (index c0 = 0; c0 < full; c0 += tile)
             add_weighted_rectangle_backward<S>(x, table, n - 1, r0, rows, c0, std::min(tile, full - c0), b, sa, sb);
-        if (causal) {
-            const index hi = std::clamp<index>(r0 + rows - delta, full, nk);
-            add_weighted_rectangle_backward<S>(x, table, n - 1, r0, rows, full, hi - full, b, sa, sb);
-        }
+        if (causal) add_weighted_triangle_backward<S>(x, table, n - 1, r0, rows, r0 - delta, b, sa, sb);
     }
     if (x.dlog_c) fold_offset_bins(w, bins, t_lo, *x.dlog_c);
 }

@@ -207,14 +207,30 @@ private:
 ///
 /// This is the rectangle kernel: every key in it weighs on every query (the causal algorithm,
 /// toeplitz_mix_fft, only gives it rectangles whose keys are all visible to all their queries).
+///
+/// With `side` (the backward's recompute under `sum`, toeplitz_backward), every convolution Y_μν = C (κ_μ ⊙
+/// vx_ν) also gives the two sums that dΨ needs, so that the backward does not transform A = κ_μ ⊙ vx_ν
+/// again: P_iμ = Σ_{ν < E} dout_iν Y_iμν and Yden_iμ = Y_iμE (the ones column). Then the items run in a
+/// fixed min(Ex, 4) groups of value columns, each summing its own P, added in group order (bit-identical
+/// for any thread count); num is computed as without `side`.
+template <class S>
+struct fft_side_products {
+    Eigen::Ref<const row_matrix<S>> dout; // (N, E): the output seed
+    row_matrix<S> p, yden;                // (N, M) each, written
+};
+
 template <class S, class Backend = fft::default_backend>
 void toeplitz_mix_fft_rectangle(const relative_weights<S>& w, const Eigen::Ref<const row_matrix<S>>& psi,
                                 const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen::Ref<const row_matrix<S>>& vx,
                                 Eigen::Ref<row_matrix<S>> num, index q_first, index k_first, index min_length = 0,
-                                int threads = 0)
+                                int threads = 0, fft_side_products<S>* side = nullptr)
 {
     const index n = psi.rows(), nk = kappa.rows(), m = psi.cols(), ex = vx.cols();
     if (n == 0) return;
+    if (side) {
+        side->p.setZero(n, m);
+        side->yden.setZero(n, m);
+    }
     if (nk == 0 || m == 0) {
         num.setZero();
         return;
@@ -223,7 +239,7 @@ void toeplitz_mix_fft_rectangle(const relative_weights<S>& w, const Eigen::Ref<c
     // Channel-major copies: every channel reads and writes contiguous rows.
     const row_matrix<S> kt = kappa.transpose(); // (M, Nk)
     const row_matrix<S> vt = vx.transpose();    // (Ex, Nk)
-    const row_matrix<S> pt = psi.transpose();   // (M, N)
+    const row_matrix<S> psit = psi.transpose(); // (M, N)
     row_matrix<S> nt = row_matrix<S>::Zero(ex, n); // (Ex, N); row ν is written by item ν only
     const engine_t engine(w, n, nk, k_first - q_first, min_length);
     // FFT rounding is absolute (≈ eps·log L·‖c‖·‖x‖), so a convolution whose true value is tiny can come out
@@ -233,13 +249,21 @@ void toeplitz_mix_fft_rectangle(const relative_weights<S>& w, const Eigen::Ref<c
     const bool weights_non_negative = (w.c.array() >= S(0)).all();
     // One block of consecutive items per thread that runs at once, so buffers scale with the threads, not
     // with Ex. The blocks only decide which workspace runs an item, never what it computes.
-    const index blocks = concurrent_items(ex, threads);
+    const index blocks = side ? std::min<index>(ex, 4) : concurrent_items(ex, threads);
+    const index values = side ? side->dout.cols() : 0;
+    const row_matrix<S> dt = side ? row_matrix<S>(side->dout.transpose()) : row_matrix<S>(); // (E, N)
+    std::vector<row_matrix<S>> pt(static_cast<std::size_t>(side ? blocks : 0));          // (M, N) per group
+    row_matrix<S> ydt = side ? row_matrix<S>::Zero(m, n) : row_matrix<S>();              // (M, N)
     parallel_for(blocks, threads, [&](index b) {
         typename engine_t::workspace ws(engine, m);
         std::vector<signed char> sign(static_cast<std::size_t>(m), 0); // per channel μ of the current item
+        if (side) pt[b].setZero(m, n);
         for (index nu = ex * b / blocks; nu < ex * (b + 1) / blocks; ++nu) {
             const S* v = vt.row(nu).data();
             S* o = nt.row(nu).data();
+            // The side sum of this item: P (dout column ν) or Yden (the ones column), else none.
+            const S* dv = side && nu < values ? dt.row(nu).data() : nullptr;
+            const bool den_column = side && nu == values;
             engine.run(
                 ws, m,
                 [&](index mu, S* dst, index stride) {
@@ -255,21 +279,36 @@ void toeplitz_mix_fft_rectangle(const relative_weights<S>& w, const Eigen::Ref<c
                         !weights_non_negative ? 0 : non_negative ? 1 : non_positive ? -1 : 0;
                 },
                 [&](index mu, const S* src, index stride) {
-                    const S* p = pt.row(mu).data();
+                    const S* p = psit.row(mu).data();
+                    const auto add = [&](const auto& y) { // y(i): the convolution's output i, clamped by sign
+                        for (index i = 0; i < n; ++i) o[i] += p[i] * y(i);
+                        if (dv) {
+                            S* acc = pt[b].row(mu).data();
+                            for (index i = 0; i < n; ++i) acc[i] += dv[i] * y(i);
+                        } else if (den_column) {
+                            S* yd = ydt.row(mu).data();
+                            for (index i = 0; i < n; ++i) yd[i] = y(i);
+                        }
+                    };
                     switch (sign[static_cast<std::size_t>(mu)]) {
                     case 1:
-                        for (index i = 0; i < n; ++i) o[i] += p[i] * std::max(src[i * stride], S(0));
+                        add([&](index i) { return std::max(src[i * stride], S(0)); });
                         break;
                     case -1:
-                        for (index i = 0; i < n; ++i) o[i] += p[i] * std::min(src[i * stride], S(0));
+                        add([&](index i) { return std::min(src[i * stride], S(0)); });
                         break;
                     default:
-                        for (index i = 0; i < n; ++i) o[i] += p[i] * src[i * stride];
+                        add([&](index i) { return src[i * stride]; });
                     }
                 });
         }
     });
     num = nt.transpose();
+    if (!side) return;
+    row_matrix<S> total = row_matrix<S>::Zero(m, n); // (M, N): the groups' P in group order
+    for (const row_matrix<S>& part : pt) total += part;
+    side->p = total.transpose();
+    side->yden = ydt.transpose();
 }
 
 /// \brief The pieces of the causal divide and conquer (toeplitz_mix_fft) for N rows and key offset delta:
@@ -349,13 +388,17 @@ void toeplitz_mix_fft(const relative_weights<S>& w, const Eigen::Ref<const row_m
 ///
 /// Channels go in pairs μ, μ + 1 through one complex lane as in the forward; the real part of the complex
 /// correlation of two packed lanes is the sum of the two real correlations, so the correlation spectra of
-/// all lanes are summed (in double) and inverted once. Four transforms per lane against the forward's two:
-/// O(M·Ex·L log L). Threads take a fixed number of groups of value columns ν (the partition depends on Ex
+/// all lanes are summed (in double) and inverted once. Four transforms per lane against the forward's two
+/// (two or three without dΨ, below): O(M·Ex·L log L). Threads take a fixed number of groups of value columns ν (the partition depends on Ex
 /// only): each group owns its dVx columns and keeps partial dΨ, dΚ and correlation sums, added in group
 /// order, so the result is bit-identical for any thread count. Extra memory O(groups·(N + Nk)·M + tile·L).
+///
+/// `with_dpsi` false: dΨ is left to the caller (toeplitz_backward forms it from the recompute's side
+/// products, fft_side_products), so Y = C A is not formed, and A is transformed only for ∂L/∂log c: three
+/// transforms per lane with the bias gradient, two without.
 template <class S, class Backend = fft::default_backend>
 void toeplitz_backward_fft_rectangle(const relative_weights<S>& w, toeplitz_vjp<S> x, index q_first, index k_first,
-                                     int threads = 0)
+                                     int threads = 0, bool with_dpsi = true)
 {
     using cpx = std::complex<S>;
     using buffer = std::vector<cpx, Eigen::aligned_allocator<cpx>>;
@@ -370,6 +413,7 @@ void toeplitz_backward_fft_rectangle(const relative_weights<S>& w, toeplitz_vjp<
     const row_matrix<S> pt = x.psi.transpose(), gt = x.g.transpose();    // (M, N), (Ex, N)
     row_matrix<S> dvt = row_matrix<S>::Zero(ex, nk);                      // (Ex, Nk): row ν owned by its group
     const index groups = std::min<index>(ex, 4);
+    const bool need_a = with_dpsi || x.dlog_c; // A's spectrum: for Y = C A and for the correlation
     std::vector<row_matrix<S>> dpt(static_cast<std::size_t>(groups)), dkt(dpt.size()); // (M, N), (M, Nk)
     std::vector<std::vector<std::complex<double>>> corr(dpt.size());
     parallel_for(groups, threads, [&](index gi) {
@@ -380,7 +424,7 @@ void toeplitz_backward_fft_rectangle(const relative_weights<S>& w, toeplitz_vjp<
         transform inv_a(length, tile, dist, sp_a.data(), out_a.data(), true), inv_b(length, tile, dist, sp_b.data(), out_b.data(), true);
         row_matrix<S>& dp = dpt[gi];
         row_matrix<S>& dk = dkt[gi];
-        dp.setZero(m, n);
+        if (with_dpsi) dp.setZero(m, n);
         dk.setZero(m, nk);
         std::vector<std::complex<double>>& acc = corr[gi];
         acc.assign(x.dlog_c ? static_cast<std::size_t>(length) : 0, std::complex<double>(0));
@@ -395,10 +439,11 @@ void toeplitz_backward_fft_rectangle(const relative_weights<S>& w, toeplitz_vjp<
                     const bool pair = mu + 1 < m;
                     cpx* a = in_a.data() + p * dist;
                     cpx* b = in_b.data() + p * dist;
-                    for (index j = 0; j < nk; ++j) a[j] = cpx(kt(mu, j) * v[j], pair ? kt(mu + 1, j) * v[j] : S(0));
+                    if (need_a)
+                        for (index j = 0; j < nk; ++j) a[j] = cpx(kt(mu, j) * v[j], pair ? kt(mu + 1, j) * v[j] : S(0));
                     for (index i = 0; i < n; ++i) b[i] = cpx(pt(mu, i) * gv[i], pair ? pt(mu + 1, i) * gv[i] : S(0));
                 }
-                fwd_a.execute();
+                if (need_a) fwd_a.execute();
                 fwd_b.execute();
                 for (index p = 0; p < tile; ++p) {
                     cpx* a = sp_a.data() + p * dist;
@@ -407,24 +452,26 @@ void toeplitz_backward_fft_rectangle(const relative_weights<S>& w, toeplitz_vjp<
                         if (p < count && x.dlog_c)
                             acc[static_cast<std::size_t>(f)] += std::complex<double>(std::conj(b[f]) * a[f]);
                         const cpx h = hhat[static_cast<std::size_t>(f)];
-                        a[f] *= h;
+                        if (with_dpsi) a[f] *= h;
                         b[f] *= std::conj(h);
                     }
                 }
-                inv_a.execute();
+                if (with_dpsi) inv_a.execute();
                 inv_b.execute();
                 for (index p = 0; p < count; ++p) {
                     const index mu = 2 * (lane0 + p);
                     const bool pair = mu + 1 < m;
                     const cpx* y = out_a.data() + p * dist;
                     const cpx* z = out_b.data() + p * dist;
-                    for (index i = 0; i < n; ++i) dp(mu, i) += gv[i] * y[i].real();
+                    if (with_dpsi)
+                        for (index i = 0; i < n; ++i) dp(mu, i) += gv[i] * y[i].real();
                     for (index j = 0; j < nk; ++j) {
                         dk(mu, j) += v[j] * z[j].real();
                         dv[j] += kt(mu, j) * z[j].real();
                     }
                     if (!pair) continue;
-                    for (index i = 0; i < n; ++i) dp(mu + 1, i) += gv[i] * y[i].imag();
+                    if (with_dpsi)
+                        for (index i = 0; i < n; ++i) dp(mu + 1, i) += gv[i] * y[i].imag();
                     for (index j = 0; j < nk; ++j) {
                         dk(mu + 1, j) += v[j] * z[j].imag();
                         dv[j] += kt(mu + 1, j) * z[j].imag();
@@ -434,7 +481,7 @@ void toeplitz_backward_fft_rectangle(const relative_weights<S>& w, toeplitz_vjp<
         }
     });
     for (index gi = 0; gi < groups; ++gi) {
-        x.dpsi.noalias() += dpt[gi].transpose();
+        if (with_dpsi) x.dpsi.noalias() += dpt[gi].transpose();
         x.dkappa.noalias() += dkt[gi].transpose();
     }
     x.dvx.noalias() += dvt.transpose();
