@@ -21,6 +21,9 @@
 #include <utility>
 #include <vector>
 
+// Wrapped so that the suites of a group share one translation unit (tests/CMakeLists.txt).
+namespace test_no_leak_backward {
+
 namespace {
 using namespace linrpe;
 using linrpe::index;
@@ -328,3 +331,5 @@ TEMPLATE_TEST_CASE("no leak, backward: the causal FFT mixer's VJP with FFT recta
     }
     REQUIRE(checked == 3 * int(poisons<S>().size()));
 }
+#undef LINRPE_REQUIRE_NO_LEAK
+} // namespace test_no_leak_backward
