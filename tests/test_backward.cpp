@@ -98,23 +98,26 @@ int fd_map(const Map& map, index d)
 constexpr index lengths[] = {1, 2, 63, 64, 65, 1000};
 
 template <class S, class Map>
-void check(const Map& map, masking mask, normalization norm, index n, index nk, index d, index e, std::uint32_t seed)
+void check(const Map& map, masking mask, normalization norm, index n, index nk, index d, index e, std::uint32_t seed,
+           double eps = -1)
 {
     options<S> opt;
     opt.mask = mask;
     opt.norm = norm;
     opt.allow_signed_normalizer = true;
+    if (eps >= 0) opt.eps = S(eps);
     const linear_attention<Map, positional::none, S> attn(map, {}, opt);
     const row_matrix<S> q = test::uniform<S>(n, d, seed, 0.5), k = test::uniform<S>(nk, d, seed + 1, 0.5),
                         v = test::uniform<S>(nk, e, seed + 2), dout = test::uniform<S>(n, e, seed + 3);
     const test::grads fast = test::fast_backward(attn, q, k, v, dout);
     const test::reference_grads ref = test::reference_backward(attn, q, k, v, dout);
-    CAPTURE(n, nk, d, e, int(mask), int(norm), ref.exact.dq.norm(), ref.exact.dk.norm(), ref.exact.dv.norm());
+    CAPTURE(n, nk, d, e, int(mask), int(norm), double(opt.eps), ref.exact.dq.norm(), ref.exact.dk.norm(), ref.exact.dv.norm());
     test::require_within(fast.dq, fast.dk, fast.dv, ref);
 }
 
+// `positive`: the map's features are positive, so the sum's denominator stays away from −eps whatever eps.
 template <class S, class Map>
-int sweep(const Map& map, index d)
+int sweep(const Map& map, index d, bool positive)
 {
     int checked = 0;
     std::uint32_t seed = 31;
@@ -126,6 +129,14 @@ int sweep(const Map& map, index d)
                 seed += 4;
                 ++checked;
             }
+    // eps ≠ default: it enters the sum's denominator and the rms root, and their derivatives.
+    if (!positive) return checked;
+    for (const masking mask : {masking::none, masking::causal})
+        for (const normalization norm : {normalization::sum, normalization::rms}) {
+            check<S>(map, mask, norm, 65, mask == masking::causal ? 65 : 70, d, 5, seed, 0.25);
+            seed += 4;
+            ++checked;
+        }
     return checked;
 }
 } // namespace
@@ -156,12 +167,13 @@ TEST_CASE("feature-map VJPs equal central finite differences", "[backward][fd]")
 TEMPLATE_TEST_CASE("fast backward equals the reference backward for every feature map", "[backward]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
-    // 2 masks × 3 normalizations × 6 lengths = 36 configurations per feature map
-    SECTION("identity") { REQUIRE(sweep<S>(feature_maps::identity{}, 6) == 36); }
-    SECTION("elu_plus_one") { REQUIRE(sweep<S>(feature_maps::elu_plus_one{}, 6) == 36); }
-    SECTION("relu") { REQUIRE(sweep<S>(feature_maps::relu(1e-3), 6) == 36); }
-    SECTION("favor iid") { REQUIRE(sweep<S>(feature_maps::favor(6, 16, 3, false), 6) == 36); }
-    SECTION("favor orthogonal hyperbolic") { REQUIRE(sweep<S>(feature_maps::favor(6, 16, 3, true, true), 6) == 36); }
-    SECTION("trig_features") { REQUIRE(sweep<S>(feature_maps::trig_features(6, 8, 5), 6) == 36); }
+    // 2 masks × 3 normalizations × 6 lengths = 36 per feature map, and for the positive maps 2 masks × 2
+    // normalizations with eps = 0.25 (4 more)
+    SECTION("identity") { REQUIRE(sweep<S>(feature_maps::identity{}, 6, false) == 36); }
+    SECTION("elu_plus_one") { REQUIRE(sweep<S>(feature_maps::elu_plus_one{}, 6, true) == 40); }
+    SECTION("relu") { REQUIRE(sweep<S>(feature_maps::relu(1e-3), 6, true) == 40); }
+    SECTION("favor iid") { REQUIRE(sweep<S>(feature_maps::favor(6, 16, 3, false), 6, true) == 40); }
+    SECTION("favor orthogonal hyperbolic") { REQUIRE(sweep<S>(feature_maps::favor(6, 16, 3, true, true), 6, true) == 40); }
+    SECTION("trig_features") { REQUIRE(sweep<S>(feature_maps::trig_features(6, 8, 5), 6, false) == 36); }
 }
 } // namespace test_backward
