@@ -283,6 +283,7 @@ TEST_CASE("parameter gradients of a learned encoding: finite differences, accumu
 
 TEST_CASE("backward through a post-feature encoding with a VJP hook equals finite differences", "[backward][fd]")
 {
+    int checked = 0;
     for (const masking mask : {masking::none, masking::causal}) {
         options<double> opt;
         opt.mask = mask;
@@ -308,7 +309,9 @@ TEST_CASE("backward through a post-feature encoding with a VJP hook equals finit
                                                   dk.norm() * uk.norm(), uk.norm() / k.norm()));
         test::require_fd(test::central_difference([&](double h) { return f(q, k, v + h * uv); }, test::dot(dv, uv), f_round,
                                                   dv.norm() * uv.norm(), uv.norm() / v.norm()));
+        ++checked;
     }
+    REQUIRE(checked == 2);
 }
 
 namespace {

@@ -229,6 +229,7 @@ TEST_CASE("LRPE backward: dQ, dK, dV, θ and the learned Householder vector agai
 TEST_CASE("LRPE backward in float against the exact double reference, with derived bounds", "[lrpe][backward][float]")
 {
     const idx n = 129;
+    std::size_t checked = 0;
     for (const config& c : configs())
         for (const masking mask : {masking::none, masking::causal})
             for (const idx first : {idx(0), idx(100003)}) {
@@ -246,7 +247,9 @@ TEST_CASE("LRPE backward in float against the exact double reference, with deriv
                 // The parameter gradients' float path is checked at the hook (next test case, sharp bound on the same
                 // inputs): end to end, the only bound at hand for the float dψ is the reference's worst case, loose
                 // by orders of magnitude under rms, which would make a parameter check there unable to fail.
+                ++checked;
             }
+    REQUIRE(checked == 4 * configs().size()); // 2 masks × 2 first positions per configuration
 }
 
 TEMPLATE_TEST_CASE("LRPE batched backward: parameter gradients bit-identical for 1, 2, 3 threads; bad shapes refused",

@@ -138,17 +138,21 @@ void check_fd(const Spe& spe, masking mask, index n, index first)
 
 TEST_CASE("SPE backward equals central finite differences for q, k, v and every parameter", "[spe][backward][fd]")
 {
+    int checked = 0;
     for (const bool gated : {false, true})
         for (const masking mask : {masking::none, masking::causal})
             for (const linrpe::index n : {linrpe::index(1), linrpe::index(7), linrpe::index(129)})
                 for (const linrpe::index first : {linrpe::index(0), linrpe::index(100003)}) {
                     CAPTURE(gated, int(mask), n, first);
                     check_fd(make_sine<double>(gated), mask, n, first);
+                    ++checked;
                     for (const linrpe::index width : {linrpe::index(5), linrpe::index(20)}) { // shifted products, banded GEMM tiles
                         CAPTURE(width);
                         check_fd(make_conv<double>(gated, width), mask, n, first);
+                        ++checked;
                     }
                 }
+    REQUIRE(checked == 2 * 2 * 3 * 2 * 3); // gated × mask × n × first × (sine, conv W = 5, conv W = 20)
 }
 
 namespace {
@@ -329,13 +333,16 @@ conv_spe<S> with_window(conv_spe<S> spe, index samples, std::uint64_t seed)
 
 TEST_CASE("SPE backward in float: within the derived bound of the double backward", "[spe][backward][float]")
 {
+    int checked = 0;
     for (const bool gated : {false, true})
         for (const masking mask : {masking::none, masking::causal})
             for (const linrpe::index first : {linrpe::index(0), linrpe::index(100003)}) {
                 CAPTURE(gated, int(mask), first);
                 check_float(make_sine<float>(gated), mask, first);
                 check_float(with_window(make_conv<float>(gated, 20), first + 129 + 19, 40), mask, first);
+                checked += 2;
             }
+    REQUIRE(checked == 2 * 2 * 2 * 2); // gated × mask × first × (sine, conv)
 }
 
 namespace {
