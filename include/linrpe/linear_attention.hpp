@@ -581,8 +581,10 @@ private:
         }
     }
 
-    // encode() into `out` (n, M'), with the intermediate stages in the arena.
-    void encode_into(const const_ref& x, role which, index head, index first, ref out, detail::arena<Scalar>& a) const
+    // encode() into `out` (n, M'), with the intermediate stages in the arena; with `keep` (n, M) and a
+    // post-feature stage, φ is written there (the backward's encode_backward then reads it, not an exp again).
+    void encode_into(const const_ref& x, role which, index head, index first, ref out, detail::arena<Scalar>& a,
+                     ref* keep = nullptr) const
     {
         const feature_context ctx = context(which, head);
         const index n = x.rows();
@@ -598,6 +600,11 @@ private:
             }
         };
         if constexpr (PositionalEncoding::has_post_feature) {
+            if (keep && keep->rows() == n) {
+                features(*keep);
+                m_pe.encode_post(const_ref(*keep), out, first, head, which);
+                return;
+            }
             auto phi = tmp.matrix(n, m_map.output_dim(r)); // (n, M)
             features(ref(phi));
             m_pe.encode_post(const_ref(phi), out, first, head, which);
@@ -700,6 +707,8 @@ private:
         st.threads = m_opt.threads;
         st.chunk = m_opt.chunk_size;
         st.segment_rows = m_opt.segment_rows;
+        if constexpr (PositionalEncoding::has_post_feature && !PositionalEncoding::has_pre_feature)
+            st.kept = m_map.output_dim(feature_input_dim(d));
         return st;
     }
     // A chunk longer than the call only adds O(chunk²) scratch: min(chunk, n) gives the same bits (one chunk).
@@ -717,9 +726,8 @@ private:
     // encode_into() bound to one head, for the mixers that take their scratch from a workspace.
     auto encoder_into(index head) const
     {
-        return [this, head](const const_ref& x, role which, index first, ref out, detail::arena<Scalar>& a) {
-            encode_into(x, which, head, first, out, a);
-        };
+        return [this, head](const const_ref& x, role which, index first, ref out, detail::arena<Scalar>& a,
+                            ref* keep = nullptr) { encode_into(x, which, head, first, out, a, keep); };
     }
     auto normalizer() const
     {
@@ -826,15 +834,18 @@ private:
         // Parameter gradients: one buffer per block of rows, summed in block order after the mixer.
         std::optional<detail::gradient_blocks> blocks;
         if (grad) blocks.emplace(gradient_size());
-        const auto back = [this, head, &blocks](const const_ref& x, const const_ref& feat, const const_ref& dfeat, ref dx,
-                                                role which, index first) {
-            encode_backward(x, feat, dfeat, dx, which, head, first, blocks ? blocks->slot(which, first) : nullptr);
+        // Scratch of the features' VJP from the arena of the thread that runs the block (after the mixer's own
+        // slices on that arena, given back in order).
+        const auto back = [this, head, &blocks, &ws](const const_ref& x, const const_ref& feat, const const_ref& dfeat, ref dx,
+                                                     role which, index first, const const_ref* kept = nullptr) {
+            encode_backward(x, feat, dfeat, dx, which, head, first, blocks ? blocks->slot(which, first) : nullptr, ws.local(),
+                            kept);
         };
         if constexpr (PositionalEncoding::has_mixing)
-            mixing_backward(q, k, v, dout, dq, dk, dv, head, q_first, k_first, back, grad);
+            mixing_backward(q, k, v, dout, dq, dk, dv, head, q_first, k_first, back, grad, ws);
         else if (m_opt.mask == masking::causal)
             detail::causal_backward<Scalar>(q, k, v, dout, dq, dk, dv, q_first, splits_sequence(call_heads, q.rows()),
-                                            setup(q.cols()), m_opt.norm, m_opt.eps, encoder(head), back, ws,
+                                            setup(q.cols()), m_opt.norm, m_opt.eps, encoder_into(head), back, ws,
                                             states ? states->initial : nullptr, states ? states->final_grad : nullptr,
                                             states ? states->initial_grad : nullptr);
         else
@@ -846,10 +857,12 @@ private:
     // The Toeplitz branch of run_head_backward (docs/design.md §16): features recomputed for the whole head,
     // the seed and the mixing VJP by the forward's algorithm (detail::toeplitz_backward), then the features' VJP by blocks of fused_block rows (the parameter-gradient
     // blocks are keyed by their first row) and ∂L/∂log c into the encoding's parameters. Extra memory
-    // O((N + Nk)·(M' + Ex)).
+    // O((N + Nk)·(M' + Ex)), from the workspace (fresh per-call buffers of this size cost ~15% of the banded
+    // backward in page faults).
     template <class Back>
     void mixing_backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq, ref dk,
-                         ref dv, index head, index q_first, index k_first, const Back& back, double* grad) const
+                         ref dv, index head, index q_first, index k_first, const Back& back, double* grad,
+                         workspace<Scalar>& ws) const
     {
         const index n = q.rows(), nk = k.rows(), e = v.cols();
         if (nk == 0) { // no key: out = 0 whatever q holds
@@ -861,19 +874,26 @@ private:
         const auto w = call_weights(head, n, nk, q_first, k_first, false);
         const toeplitz_algorithm algo = detail::toeplitz_resolve<Scalar>(m_opt.toeplitz, w, n, nk, encoded_dim(q.cols()), ex,
                                                                          k_first - q_first, causal);
-        const matrix psi = encode(q, role::query, head, q_first); // (N, M')
-        const matrix kappa = encode(k, role::key, head, k_first); // (Nk, M')
-        matrix vx(nk, ex);                                        // (Nk, Ex) = [V, 1]
+        const index m = encoded_dim(q.cols());
+        detail::scratch_scope<Scalar> tmp(ws.local());
+        auto psi = tmp.matrix(n, m), kappa = tmp.matrix(nk, m); // (N, M'), (Nk, M')
+        encode_into(q, role::query, head, q_first, psi, tmp.source());
+        encode_into(k, role::key, head, k_first, kappa, tmp.source());
+        auto vx = tmp.matrix(nk, ex); // (Nk, Ex) = [V, 1]
         vx.leftCols(e) = v;
         if (with_den) vx.col(e).setOnes();
-        matrix g(n, ex); // (N, Ex): the seed, written by the mixer
-        matrix dpsi = matrix::Zero(n, psi.cols()), dkappa = matrix::Zero(nk, psi.cols()), dvx = matrix::Zero(nk, ex);
+        auto g = tmp.matrix(n, ex); // (N, Ex): the seed, written by the mixer
+        auto dpsi = tmp.matrix(n, m), dkappa = tmp.matrix(nk, m), dvx = tmp.matrix(nk, ex);
+        dpsi.setZero();
+        dkappa.setZero();
+        dvx.setZero();
         vector<double> dlog_c = vector<double>::Zero(w.c.size());
         detail::toeplitz_backward<Scalar>(w, {psi, kappa, vx, g, dpsi, dkappa, dvx, grad ? &dlog_c : nullptr}, dout,
-                                          m_opt.norm, m_opt.eps, q_first, k_first, causal, algo, m_opt.threads);
+                                          m_opt.norm, m_opt.eps, q_first, k_first, causal, algo, m_opt.threads,
+                                          &tmp.source());
         dv = dvx.leftCols(e);
-        const auto features_backward = [&](const const_ref& x, const matrix& feat, const matrix& dfeat, ref dx, role which,
-                                           index first) {
+        const auto features_backward = [&](const const_ref& x, const const_ref& feat, const const_ref& dfeat, ref dx,
+                                           role which, index first) {
             detail::parallel_for((x.rows() + detail::fused_block - 1) / detail::fused_block, m_opt.threads, [&](index b) {
                 const index r0 = b * detail::fused_block, rows = std::min(detail::fused_block, x.rows() - r0);
                 back(x.middleRows(r0, rows), feat.middleRows(r0, rows), dfeat.middleRows(r0, rows), dx.middleRows(r0, rows),
@@ -905,36 +925,35 @@ private:
 
     // VJP of encode(): dx = pre_iᵀ J_φᵀ post_iᵀ dfeat for rows x, given their features feat = encode(x). With
     // feature-side stages φ's input and output are recomputed (the mixers hold ψ/κ only).
+    // Scratch (the recomputed stages) from the arena `a`; `kept`: φ of the rows as encode_into kept it (post
+    // stage only), not recomputed.
     void encode_backward(const const_ref& x, const const_ref& feat, const const_ref& dfeat, ref dx, role which,
-                         index head, index first, double* grad) const
+                         index head, index first, double* grad, detail::arena<Scalar>& a,
+                         const const_ref* kept = nullptr) const
     {
         const feature_context ctx = context(which, head);
         if constexpr (!PositionalEncoding::has_pre_feature && !PositionalEncoding::has_post_feature) {
             m_map.apply_backward(x, feat, dfeat, dx, ctx);
         } else {
             const index n = x.rows(), r = feature_input_dim(x.cols());
-            matrix u; // (n, R): φ's input
+            detail::scratch_scope<Scalar> tmp(a);
+            auto u_pre = tmp.matrix(PositionalEncoding::has_pre_feature ? n : 0, r); // (n, R): φ's input
+            if constexpr (PositionalEncoding::has_pre_feature) m_pe.encode_pre(x, ref(u_pre), first, head, which);
+            const const_ref u = PositionalEncoding::has_pre_feature ? const_ref(u_pre) : x;
+            const bool given = !PositionalEncoding::has_pre_feature && kept && kept->rows() == n;
+            auto phi_new = tmp.matrix(given ? 0 : n, m_map.output_dim(r)); // (n, M)
+            if (!given) m_map.apply(u, ref(phi_new), ctx);
+            const const_ref phi = given ? *kept : const_ref(phi_new);
+            auto dphi_post = tmp.matrix(PositionalEncoding::has_post_feature ? n : 0, phi.cols()); // (n, M)
+            if constexpr (PositionalEncoding::has_post_feature)
+                m_pe.encode_post_backward(const_ref(phi), dfeat, ref(dphi_post), first, head, which, grad);
+            const const_ref dphi = PositionalEncoding::has_post_feature ? const_ref(dphi_post) : dfeat;
             if constexpr (PositionalEncoding::has_pre_feature) {
-                u.resize(n, r);
-                m_pe.encode_pre(x, ref(u), first, head, which);
-            } else {
-                u = x;
-            }
-            matrix phi(n, m_map.output_dim(r)); // (n, M)
-            m_map.apply(const_ref(u), ref(phi), ctx);
-            matrix dphi; // (n, M)
-            if constexpr (PositionalEncoding::has_post_feature) {
-                dphi.resize(n, phi.cols());
-                m_pe.encode_post_backward(const_ref(phi), dfeat, ref(dphi), first, head, which, grad);
-            } else {
-                dphi = dfeat;
-            }
-            if constexpr (PositionalEncoding::has_pre_feature) {
-                matrix du(n, r); // (n, R)
-                m_map.apply_backward(const_ref(u), const_ref(phi), const_ref(dphi), ref(du), ctx);
+                auto du = tmp.matrix(n, r); // (n, R)
+                m_map.apply_backward(u, const_ref(phi), dphi, ref(du), ctx);
                 m_pe.encode_pre_backward(x, const_ref(du), dx, first, head, which, grad);
             } else {
-                m_map.apply_backward(const_ref(u), const_ref(phi), const_ref(dphi), dx, ctx);
+                m_map.apply_backward(u, const_ref(phi), dphi, dx, ctx);
             }
         }
     }

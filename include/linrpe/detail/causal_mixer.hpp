@@ -223,12 +223,14 @@ void causal_forward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<c
 // read a query or dOut row before j and dQ_i never reads a key, value or dOut row after i: bit-exactly,
 // whatever those rows hold (NaN and Inf included; tests/test_no_leak_backward.cpp).
 
-/// The rows of one chunk for its in-chunk (causal) terms: its ψ, κ, V, and the stores of
-/// A = tril(Ψ_c Κ_cᵀ) and B = tril(G V̄_cᵀ) (C, C) that the query pass writes and the key pass reads.
+/// The rows of one chunk for its in-chunk (causal) terms: its ψ, κ, V, the stores of
+/// A = tril(Ψ_c Κ_cᵀ) and B = tril(G V̄_cᵀ) (C, C) that the query pass writes and the key pass reads, and
+/// (C, C) scratch `t` for the key pass.
 template <class S>
 struct chunk_pairs {
     Eigen::Ref<const row_matrix<S>> psi, kappa, v;
     Eigen::Ref<row_matrix<S>> a, b;
+    mutable Eigen::Ref<row_matrix<S>> t; // scratch, written by the key pass through a const view
 };
 
 /// \brief Query side of the backward for rows `psi` (C, M) with seed rows `dout` (C, E) against `state` (the
@@ -247,12 +249,15 @@ void backward_query_rows(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen
         row_matrix<S> num = psi * state.s; // (C, E)
         if (own) lower_triangle_product(own->a, own->v, num, 0, num.rows());
         rms_seed<S>(num, dout, g, eps);
-    } else {
+    } else if (norm == normalization::none) {
         g = dout;
     }
-    dpsi.noalias() = g * state.s.transpose(); // (C, M): P
+    // Under `sum` the products take dout and the seed's row scale inv is applied to them afterwards (g is
+    // written once, scaled).
+    const Eigen::Ref<const row_matrix<S>> seed = norm == normalization::sum ? dout : Eigen::Ref<const row_matrix<S>>(g);
+    dpsi.noalias() = seed * state.s.transpose(); // (C, M): P
     if (own) {
-        own->b.noalias() = g * own->v.transpose(); // (C, C): D
+        own->b.noalias() = seed * own->v.transpose(); // (C, C): D
         own->b.template triangularView<Eigen::StrictlyUpper>().setZero();
     }
     if (norm != normalization::sum) {
@@ -267,12 +272,11 @@ void backward_query_rows(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen
     }
     vector<S> inv;
     sum_seed<S>(den, dot, eps, inv, g_den);
-    g.array().colwise() *= inv.array();
-    dpsi.array().colwise() *= inv.array();
-    dpsi.noalias() += g_den * state.z.transpose(); // the denominator's column of G Sᵀ
+    g = (dout.array().colwise() * inv.array()).matrix();
+    for (index i = 0; i < dpsi.rows(); ++i) // with the denominator's column of G Sᵀ
+        dpsi.row(i) = dpsi.row(i) * inv[i] + g_den[i] * state.z.transpose();
     if (own) {
-        own->b.array().colwise() *= inv.array();
-        for (index i = 0; i < own->b.rows(); ++i) own->b.row(i).head(i + 1).array() += g_den[i];
+        for (index i = 0; i < own->b.rows(); ++i) own->b.row(i).head(i + 1) = own->b.row(i).head(i + 1) * inv[i] + vector<S>::Constant(i + 1, g_den[i]).transpose();
         lower_triangle_product(own->b, own->kappa, dpsi, 0, dpsi.rows());
     }
 }
@@ -288,7 +292,10 @@ void backward_key_rows(const Eigen::Ref<const row_matrix<S>>& kappa, const Eigen
     if (u.z.size()) dkappa.rowwise() += u.z.transpose();
     dv.noalias() = kappa * u.s; // (C, E)
     if (own) {
-        row_matrix<S> t = own->b.transpose(); // (C, C), upper triangular: copied, never multiplied by a mask
+        // Transposed copies (upper triangular; never multiplied by a mask): rows contiguous for the leaves'
+        // row products (in place, a column of `a` as lhs takes Eigen's scalar path: ~10x slower).
+        Eigen::Ref<row_matrix<S>> t = own->t.topLeftCorner(dkappa.rows(), dkappa.rows()); // (C, C)
+        t = own->b.transpose();
         upper_triangle_product(t, own->psi, dkappa, 0, dkappa.rows());
         t = own->a.transpose();
         upper_triangle_product(t, g, dv, 0, dv.rows());
@@ -348,19 +355,21 @@ void exclusive_state_sums(std::vector<causal_state<S>>& parts, bool reverse, ind
 /// Segments as in causal_forward (`split`; without it one segment, and 4–5 do nothing). The partition
 /// depends on the shape only, so results do not depend on the thread count. Flops ≈ 12·N·M'·E +
 /// N·C·(6·M' + 4·E), plus 4·M'·E per row of the first segments (forward: 4·N·M'·E + 2·N·C·(M' + E)); features
-/// are encoded twice for keys (three times in the first segments), once for queries. Extra memory:
-/// O(block·(4·M' + E + 2·C) + (N / block)·M'·E) from the workspace and the states.
+/// are encoded twice for keys (three times in the first segments), once for queries; with a post-feature
+/// stage (LRPE) the block keeps φ of its queries and keys (`setup.kept`), so the features' VJP reads it
+/// instead of evaluating the feature map again. Extra memory: O(block·(4·M' + 2·M + 2·E + 2·C) + (N /
+/// block)·M'·E) from the workspace and the states.
 ///
 /// A call that continued a state (docs/design.md §8) passes it as `initial` (S0, z0: keys before the rows,
 /// so the prefix states start there) and, when the state after the call feeds later calls, their gradient
 /// `final_grad` w.r.t. it (S_final = S0 + Κᵀ V̄, so the suffix states start there: dΚ += V̄ dS_finalᵀ, dV̄ +=
 /// Κ dS_final, which step 5 then applies to the last segment too). `initial_grad` receives dS0 = dS_final +
 /// Σ_i ψ_i g_iᵀ, the inclusive sum of step 4. Null or empty states are zero.
-template <class S, class Encode, class EncodeBackward>
+template <class S, class EncodeInto, class EncodeBackward>
 void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<const row_matrix<S>>& k,
                      const Eigen::Ref<const row_matrix<S>>& v, const Eigen::Ref<const row_matrix<S>>& dout,
                      Eigen::Ref<row_matrix<S>> dq, Eigen::Ref<row_matrix<S>> dk, Eigen::Ref<row_matrix<S>> dv, index first,
-                     bool split, const mixer_setup& setup, normalization norm, S eps, const Encode& encode,
+                     bool split, const mixer_setup& setup, normalization norm, S eps, const EncodeInto& encode,
                      const EncodeBackward& encode_backward, workspace<S>& ws, const causal_state<S>* initial = nullptr,
                      const causal_state<S>* final_grad = nullptr, causal_state<S>* initial_grad = nullptr)
 {
@@ -378,9 +387,11 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
     std::vector<causal_state<S>> start(static_cast<std::size_t>(blocks)), after(static_cast<std::size_t>(segments));
     parallel_for(segments, setup.threads, [&](index s) {
         const auto range = block_range(s);
+        scratch_scope<S> tmp(ws.local());
+        auto kappa = tmp.matrix(block, m); // (block, M')
         for (index b = range.first; b < std::min(range.second, blocks - 1); ++b) {
             const index r0 = b * block;
-            const row_matrix<S> kappa = encode(k.middleRows(r0, block), role::key, first + r0); // (block, M')
+            encode(k.middleRows(r0, block), role::key, first + r0, kappa, tmp.source());
             start[b].reset(m, e, with_den);
             start[b].add(kappa, v.middleRows(r0, block));
         }
@@ -395,17 +406,27 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
         auto dfeat_block = tmp.matrix(brows, m), g_block = tmp.matrix(brows, e);   // (block, M'), (block, E)
         auto a_block = tmp.matrix(brows, cmax), b_block = tmp.matrix(brows, cmax); // chunk c in rows of c
         auto g_den_block = tmp.vec(brows);                                         // (block)
+        auto transposed = tmp.matrix(cmax, cmax);                                  // (C, C)
+        // dV of the block is accumulated here, then copied: the leaves' row products take alignment-dependent
+        // paths (causal_chunks), so accumulating in the caller's buffer made the rounding, and the speed (a
+        // misaligned row peels into scalar dot products: ~5% of the backward), depend on its address.
+        auto dv_block = tmp.matrix(brows, e); // (block, E)
+        auto phi_q_block = tmp.matrix(setup.kept ? brows : 0, setup.kept);         // (block, M): φ kept for the VJP
+        auto phi_k_block = tmp.matrix(setup.kept ? brows : 0, setup.kept);
         for (index b = range.second - 1; b >= range.first; --b) {
             const index r0 = b * block, rows = rows_of(b);
             auto psi = psi_block.topRows(rows), kappa = kappa_block.topRows(rows), dfeat = dfeat_block.topRows(rows);
             auto g = g_block.topRows(rows);
             auto g_den = g_den_block.head(rows);
-            psi = encode(q.middleRows(r0, rows), role::query, first + r0);
-            kappa = encode(k.middleRows(r0, rows), role::key, first + r0);
+            Eigen::Ref<row_matrix<S>> phi_q = phi_q_block.topRows(setup.kept ? rows : 0);
+            Eigen::Ref<row_matrix<S>> phi_k = phi_k_block.topRows(setup.kept ? rows : 0);
+            encode(q.middleRows(r0, rows), role::query, first + r0, psi, tmp.source(), &phi_q);
+            encode(k.middleRows(r0, rows), role::key, first + r0, kappa, tmp.source(), &phi_k);
+            const Eigen::Ref<const row_matrix<S>> kept_q = phi_q, kept_k = phi_k;
             const auto v_b = v.middleRows(r0, rows);
             const auto pairs = [&](index c0, index cr) {
                 return chunk_pairs<S>{psi.middleRows(c0, cr), kappa.middleRows(c0, cr), v_b.middleRows(c0, cr),
-                                      a_block.block(c0, 0, cr, cr), b_block.block(c0, 0, cr, cr)};
+                                      a_block.block(c0, 0, cr, cr), b_block.block(c0, 0, cr, cr), transposed};
             };
             causal_state<S>& state = start[b];
             for (index c0 = 0; c0 < rows; c0 += chunk) {
@@ -415,15 +436,16 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
                                        g.middleRows(c0, cr), g_den.segment(c0, cr), dfeat.middleRows(c0, cr));
                 state.add(kappa.middleRows(c0, cr), v_b.middleRows(c0, cr));
             }
-            encode_backward(q.middleRows(r0, rows), psi, dfeat, dq.middleRows(r0, rows), role::query, first + r0);
+            encode_backward(q.middleRows(r0, rows), psi, dfeat, dq.middleRows(r0, rows), role::query, first + r0, &kept_q);
             for (index c0 = (rows - 1) / chunk * chunk; c0 >= 0; c0 -= chunk) {
                 const index cr = std::min(chunk, rows - c0);
                 const chunk_pairs<S> own = pairs(c0, cr);
                 backward_key_rows<S>(kappa.middleRows(c0, cr), v_b.middleRows(c0, cr), u, &own, g.middleRows(c0, cr),
-                                     dfeat.middleRows(c0, cr), dv.middleRows(r0 + c0, cr));
+                                     dfeat.middleRows(c0, cr), dv_block.middleRows(c0, cr));
                 add_suffix(u, psi.middleRows(c0, cr), g.middleRows(c0, cr), g_den.segment(c0, cr));
             }
-            encode_backward(k.middleRows(r0, rows), kappa, dfeat, dk.middleRows(r0, rows), role::key, first + r0);
+            dv.middleRows(r0, rows) = dv_block.topRows(rows);
+            encode_backward(k.middleRows(r0, rows), kappa, dfeat, dk.middleRows(r0, rows), role::key, first + r0, &kept_k);
         }
     });
     const bool carried_grad = final_grad && !final_grad->empty();
@@ -432,14 +454,15 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
     // last segment has a share only from the gradient of a carried final state).
     parallel_for(carried_grad ? segments : segments - 1, setup.threads, [&](index s) {
         const auto range = block_range(s);
-        row_matrix<S> dkappa, dv_rows, dk_rows;
+        scratch_scope<S> tmp(ws.local());
+        auto kappa_block = tmp.matrix(brows, m), dkappa_block = tmp.matrix(brows, m); // (block, M')
+        auto dv_block = tmp.matrix(brows, e), dk_block = tmp.matrix(brows, k.cols());  // (block, E), (block, D)
         for (index b = range.first; b < range.second; ++b) {
             const index r0 = b * block, rows = rows_of(b);
             const auto v_b = v.middleRows(r0, rows);
-            const row_matrix<S> kappa = encode(k.middleRows(r0, rows), role::key, first + r0); // (rows, M')
-            dkappa.resize(rows, m);
-            dv_rows.resize(rows, e);
-            dk_rows.resize(rows, k.cols());
+            auto kappa = kappa_block.topRows(rows), dkappa = dkappa_block.topRows(rows);
+            auto dv_rows = dv_block.topRows(rows), dk_rows = dk_block.topRows(rows);
+            encode(k.middleRows(r0, rows), role::key, first + r0, kappa, tmp.source());
             backward_key_rows<S>(kappa, v_b, after[s], nullptr, v_b, dkappa, dv_rows);
             encode_backward(k.middleRows(r0, rows), kappa, dkappa, dk_rows, role::key, first + r0);
             dv.middleRows(r0, rows) += dv_rows;

@@ -21,6 +21,7 @@ struct mixer_setup {
     int threads = 0;         ///< OpenMP threads inside the head (0 = default); never changes the result
     index chunk = 32;        ///< options::chunk_size
     index segment_rows = 0;  ///< options::segment_rows
+    index kept = 0;          ///< width of φ the backward keeps per block for a post-feature stage's VJP (0: none)
 };
 
 /// Rows per block of the fused kernels: the block's features stay in cache between the feature map and the

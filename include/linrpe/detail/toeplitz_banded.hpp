@@ -126,10 +126,11 @@ void toeplitz_mix_banded(const relative_weights<S>& w, const Eigen::Ref<const ro
 ///
 /// and mirrored for the keys ahead (non-causal) with hi_b, sweeps reversed. The band costs six GEMMs against
 /// the forward's two: O(N·((R + 2T_max)·(3M + 3Ex) + 8·M·Ex)) time, O(R·(R + 2T_max) + M·Ex) extra memory
-/// (plus (N, Ex) for the far-ahead numerator). Serial inside the head.
+/// (plus (N, Ex) for the far-ahead numerator, `num_ahead`: sized by the caller when `with_num` and not
+/// causal). Serial inside the head.
 template <class S, class Seed>
 void toeplitz_backward_banded(const relative_weights<S>& w, toeplitz_vjp<S> x, index q_first, index k_first, bool causal,
-                              bool with_num, const Seed& seed)
+                              bool with_num, const Seed& seed, Eigen::Ref<row_matrix<S>> num_ahead)
 {
     const index n = x.psi.rows(), nk = x.kappa.rows(), m = x.psi.cols(), ex = x.vx.cols();
     if (n == 0 || nk == 0) return;
@@ -151,9 +152,8 @@ void toeplitz_backward_banded(const relative_weights<S>& w, toeplitz_vjp<S> x, i
         state.noalias() += x.psi.middleRows(b * rb, rows_of(b)).transpose() * x.g.middleRows(b * rb, rows_of(b));
     };
     // The far-ahead part of num' (non-causal), from a backward sweep: (N, Ex).
-    row_matrix<S> num_ahead;
     if (with_num && !causal) {
-        num_ahead.setZero(n, ex);
+        num_ahead.setZero();
         for (index b = blocks - 1, begin = nk; b >= 0; --b) {
             add_keys(hi[b], begin);
             begin = std::min(begin, hi[b]);
@@ -193,8 +193,7 @@ void toeplitz_backward_banded(const relative_weights<S>& w, toeplitz_vjp<S> x, i
         sb.noalias() = g * vx.transpose();
         for (index i = 0; i < rows; ++i) {
             const index t0 = c0 - (r0 + i) + off;
-            if (x.dlog_c)
-                for (index j = 0; j < cols; ++j) bins[static_cast<std::size_t>(t0 + j)] += static_cast<double>(sa(i, j) * sb(i, j));
+            if (x.dlog_c) add_to_bins(bins, t0, sa.row(i).array(), sb.row(i).array());
             sb.row(i).array() *= table.segment(t0, cols).transpose().array();
         }
         x.dpsi.middleRows(r0, rows).noalias() += sb * kappa;

@@ -6,6 +6,7 @@
 
 #include "../fft/backend.hpp"
 #include "../types.hpp"
+#include "../workspace.hpp"
 #include "normalize.hpp"
 #include "relative_weights.hpp"
 #include "toeplitz_banded.hpp"
@@ -162,20 +163,24 @@ void toeplitz_seed(const Eigen::Ref<const row_matrix<S>>& num, const Eigen::Ref<
 /// the caller), for the output seed `dout` (N, E): writes the seed G into x.g and adds dΨ, dΚ, dVx and
 /// ∂L/∂log c to `x` (docs/design.md §16; the formulas in toeplitz_dense.hpp). Under `sum` and `rms` the seed
 /// needs num': dense and fft recompute it by toeplitz_mix first, banded fuses it into its own sweep. All
-/// three agree to rounding; the result does not depend on `threads`.
+/// three agree to rounding; the result does not depend on `threads`. The (N, Ex) numerator comes from
+/// `scratch` when given (a workspace arena), else from the heap.
 template <class S>
 void toeplitz_backward(const relative_weights<S>& w, toeplitz_vjp<S> x, const Eigen::Ref<const row_matrix<S>>& dout,
                        normalization norm, S eps, index q_first, index k_first, bool causal, toeplitz_algorithm algo,
-                       int threads = 0)
+                       int threads = 0, arena<S>* scratch = nullptr)
 {
     const bool with_num = norm != normalization::none;
+    arena<S> own; // used only without `scratch`
+    scratch_scope<S> tmp(scratch ? *scratch : own);
     if (algo == toeplitz_algorithm::banded) {
         const auto seed = [&](index r0, const row_matrix<S>& num, Eigen::Ref<row_matrix<S>> g) {
             const auto d = dout.middleRows(r0, g.rows());
             if (with_num) toeplitz_seed<S>(num, d, g, norm, eps, w.shift);
             else toeplitz_seed<S>(d, d, g, norm, eps, w.shift); // `none` reads no numerator
         };
-        toeplitz_backward_banded<S>(w, x, q_first, k_first, causal, with_num, seed);
+        auto num_ahead = tmp.matrix(with_num && !causal ? x.psi.rows() : 0, x.vx.cols()); // (N, Ex)
+        toeplitz_backward_banded<S>(w, x, q_first, k_first, causal, with_num, seed, num_ahead);
         return;
     }
     if (with_num && algo == toeplitz_algorithm::fft && !causal && norm == normalization::sum) {
@@ -184,7 +189,7 @@ void toeplitz_backward(const relative_weights<S>& w, toeplitz_vjp<S> x, const Ei
         // Yden_iμ (fft_side_products), so the VJP transforms only B = ψ_μ ⊙ g_ν (and A for ∂L/∂log c):
         // five transforms per lane with the forward's two instead of six.
         const index e = dout.cols();
-        row_matrix<S> num(x.psi.rows(), x.vx.cols()); // (N, Ex)
+        auto num = tmp.matrix(x.psi.rows(), x.vx.cols()); // (N, Ex)
         fft_side_products<S> side{dout, {}, {}};
         toeplitz_mix_fft_rectangle<S>(w, x.psi, x.kappa, x.vx, num, q_first, k_first, 0, threads, &side);
         vector<S> inv;
@@ -194,7 +199,7 @@ void toeplitz_backward(const relative_weights<S>& w, toeplitz_vjp<S> x, const Ei
         return;
     }
     if (with_num) {
-        row_matrix<S> num(x.psi.rows(), x.vx.cols()); // (N, Ex)
+        auto num = tmp.matrix(x.psi.rows(), x.vx.cols()); // (N, Ex)
         toeplitz_mix<S>(w, x.psi, x.kappa, x.vx, num, q_first, k_first, causal, algo, threads);
         toeplitz_seed<S>(num, dout, x.g, norm, eps, w.shift);
     } else {
