@@ -105,6 +105,18 @@ typename Attention::state_type backward_pieces(const Attention& attn, const bhnd
     return grad;
 }
 
+/// ⟨dout, out⟩ of one batched causal call of q, k, v with every sequence from position `first`: the function
+/// whose gradient a chain of backward_pieces from `first` computes. `out_norm` receives ‖out‖_F when given.
+template <class Attention, class S>
+double call_loss(const Attention& attn, const bhnd<S>& q, const bhnd<S>& k, const bhnd<S>& v, const bhnd<S>& dout, index first,
+                 double* out_norm = nullptr)
+{
+    bhnd<S> out(q.b, q.h, q.n, v.w, 0);
+    attn.forward_positions(q.in(), k.in(), v.in(), out.out(), std::vector<index>(static_cast<std::size_t>(q.b), first));
+    if (out_norm) *out_norm = double(out.data.norm());
+    return double((dout.data.array() * out.data.array()).sum());
+}
+
 /// The matrices of a one-slot double state in the order export_bytes writes them (S then z; Toeplitz: far,
 /// history κ, history vx), row by row: a gradient state of the same structure pairs entry by entry.
 template <class Attention>
