@@ -79,55 +79,57 @@ TEST_CASE("Toeplitz state backward: the gradient w.r.t. the initial window and f
     const index n = 6, d = 3, e = 2, t_max = 4;
     int checked = 0;
     for (const toeplitz_algorithm algo : algorithms)
-        for (const normalization norm : {normalization::sum, normalization::none}) {
-            const toeplitz_attention<S> attn({}, random_bias<S>(1, t_max, 70), make_options<S>(masking::causal, norm, algo));
-            // s0 at position 9 (> T_max: T_max window rows and an evicted far); the final state's weights in
-            // the loss from a window of the same structure.
-            const auto s0 = state_after(attn, 1, 1, 9, d, e, 40), weights = state_after(attn, 1, 1, 5, d, e, 50);
-            const std::vector<double> x0 = slot_data(attn, s0), wx = slot_data(attn, weights);
-            const bhnd<S> q(1, 1, n, d, 1), k(1, 1, n, d, 2), v(1, 1, n, e, 3), dout(1, 1, n, e, 4);
-            bhnd<S> dq(1, 1, n, d, 0), dk(1, 1, n, d, 0), dv(1, 1, n, e, 0);
-            auto grad = attn.make_state(1, 1);
-            attn.backward(q.in(), k.in(), v.in(), dout.in(), dq.out(), dk.out(), dv.out(), s0, grad, &weights);
-            const std::vector<double> gx = slot_data(attn, grad);
-            REQUIRE(gx.size() == x0.size());
-            // L(s0) = ⟨dout, out⟩ + ⟨W, final window and far⟩, along a random direction of every entry of s0.
-            const row_matrix<double> u = test::uniform<double>(index(x0.size()), 1, 60);
-            double loss_abs = 0;
-            const auto loss = [&](double hstep) {
-                std::vector<double> x = x0;
-                for (std::size_t i = 0; i < x.size(); ++i) x[i] += hstep * u(index(i), 0);
-                auto st = with_slot_data(attn, s0, x);
-                bhnd<S> out(1, 1, n, e, 0);
-                attn.forward(q.in(), k.in(), v.in(), out.out(), st);
-                const std::vector<double> fx = slot_data(attn, st);
-                double l = test::dot(dout.data, out.data);
-                loss_abs = (dout.data.cwiseAbs().array() * out.data.cwiseAbs().array()).sum();
-                for (std::size_t i = 0; i < fx.size(); ++i) {
-                    l += wx[i] * fx[i];
-                    loss_abs += std::abs(wx[i] * fx[i]);
+        for (const normalization norm : {normalization::sum, normalization::none})
+            for (const index prefix : {3, 9}) {
+                const toeplitz_attention<S> attn({}, random_bias<S>(1, t_max, 70), make_options<S>(masking::causal, norm, algo));
+                // s0 at position 3 (3 window rows, far not used yet: its gradient is the final far's) or 9 (> T_max:
+                // T_max window rows and an evicted far); the call evicts 5 or 6 rows, window rows among them. The
+                // final state's weights in the loss from a window of the same structure (T_max rows, evicted).
+                const auto s0 = state_after(attn, 1, 1, prefix, d, e, 40), weights = state_after(attn, 1, 1, 5, d, e, 50);
+                const std::vector<double> x0 = slot_data(attn, s0), wx = slot_data(attn, weights);
+                const bhnd<S> q(1, 1, n, d, 1), k(1, 1, n, d, 2), v(1, 1, n, e, 3), dout(1, 1, n, e, 4);
+                bhnd<S> dq(1, 1, n, d, 0), dk(1, 1, n, d, 0), dv(1, 1, n, e, 0);
+                auto grad = attn.make_state(1, 1);
+                attn.backward(q.in(), k.in(), v.in(), dout.in(), dq.out(), dk.out(), dv.out(), s0, grad, &weights);
+                const std::vector<double> gx = slot_data(attn, grad);
+                REQUIRE(gx.size() == x0.size());
+                // L(s0) = ⟨dout, out⟩ + ⟨W, final window and far⟩, along a random direction of every entry of s0.
+                const row_matrix<double> u = test::uniform<double>(index(x0.size()), 1, 60);
+                double loss_abs = 0;
+                const auto loss = [&](double hstep) {
+                    std::vector<double> x = x0;
+                    for (std::size_t i = 0; i < x.size(); ++i) x[i] += hstep * u(index(i), 0);
+                    auto st = with_slot_data(attn, s0, x);
+                    bhnd<S> out(1, 1, n, e, 0);
+                    attn.forward(q.in(), k.in(), v.in(), out.out(), st);
+                    const std::vector<double> fx = slot_data(attn, st);
+                    double l = test::dot(dout.data, out.data);
+                    loss_abs = (dout.data.cwiseAbs().array() * out.data.cwiseAbs().array()).sum();
+                    for (std::size_t i = 0; i < fx.size(); ++i) {
+                        l += wx[i] * fx[i];
+                        loss_abs += std::abs(wx[i] * fx[i]);
+                    }
+                    return l;
+                };
+                double analytic = 0, norm_grad = 0, norm_u = 0, norm_x = 0;
+                for (std::size_t i = 0; i < gx.size(); ++i) {
+                    analytic += gx[i] * u(index(i), 0);
+                    norm_grad += gx[i] * gx[i];
+                    norm_u += u(index(i), 0) * u(index(i), 0);
+                    norm_x += x0[i] * x0[i];
                 }
-                return l;
-            };
-            double analytic = 0, norm_grad = 0, norm_u = 0, norm_x = 0;
-            for (std::size_t i = 0; i < gx.size(); ++i) {
-                analytic += gx[i] * u(index(i), 0);
-                norm_grad += gx[i] * gx[i];
-                norm_u += u(index(i), 0) * u(index(i), 0);
-                norm_x += x0[i] * x0[i];
+                loss(0.0);
+                // Rounding of L: each out_i is a sum over at most T_max + N window keys and the far term (M' more
+                // terms), the final far a sum of at most N + 1 terms (γ relative to the sum of absolute terms),
+                // doubled for the normalization, plus the N·E + size(s0) terms of the dot products themselves.
+                const double terms = double(attn.encoded_dim(d) + t_max + 2 * n + 8 + n * e) + double(x0.size());
+                const double f_round = 4.0 * terms * test::unit_roundoff<double>() * loss_abs;
+                CAPTURE(int(algo), int(norm), prefix, analytic);
+                test::require_fd(test::central_difference(loss, analytic, f_round, std::sqrt(norm_grad * norm_u),
+                                                          std::sqrt(norm_u / norm_x)));
+                ++checked;
             }
-            loss(0.0);
-            // Rounding of L: each out_i is a sum over at most T_max + N window keys and the far term (M' more
-            // terms), the final far a sum of at most N + 1 terms (γ relative to the sum of absolute terms),
-            // doubled for the normalization, plus the N·E + size(s0) terms of the dot products themselves.
-            const double terms = double(attn.encoded_dim(d) + t_max + 2 * n + 8 + n * e) + double(x0.size());
-            const double f_round = 4.0 * terms * test::unit_roundoff<double>() * loss_abs;
-            CAPTURE(int(algo), int(norm), analytic);
-            test::require_fd(test::central_difference(loss, analytic, f_round, std::sqrt(norm_grad * norm_u),
-                                                      std::sqrt(norm_u / norm_x)));
-            ++checked;
-        }
-    REQUIRE(checked == 6);
+    REQUIRE(checked == 12);
 }
 
 TEST_CASE("Toeplitz state backward: results do not depend on the thread count", "[toeplitz][state][backward][threads]")

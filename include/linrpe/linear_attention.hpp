@@ -820,7 +820,8 @@ private:
             dv.setZero();
             if (states && states->initial_grad) { // no token: S_final = S0
                 if (states->final_grad && !states->final_grad->empty()) *states->initial_grad = *states->final_grad;
-                else if constexpr (PositionalEncoding::has_mixing) *states->initial_grad = zero_window(*states->initial, q.cols(), v.cols());
+                else if constexpr (PositionalEncoding::has_mixing)
+                    *states->initial_grad = zero_window(*states->initial, q.cols(), v.cols());
                 else states->initial_grad->reset(encoded_dim(q.cols()), v.cols(), m_opt.norm == normalization::sum);
             }
             return;
