@@ -3,6 +3,11 @@
 // attentions they use most, and a (B, H, N, W) buffer with token-range views.
 #include "support.hpp"
 
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <vector>
+
 namespace state_test {
 using namespace linrpe;
 using linrpe::index;
@@ -52,6 +57,126 @@ template <class T>
 tensor_view<T> entry(const tensor_view<T>& v, index b)
 {
     return tensor_view<T>(v.data() + b * v.stride(0), 1, v.heads(), v.tokens(), v.channels(), v.stride(0), v.stride(1), v.stride(2));
+}
+
+// Random piece sizes summing to n, with a 0 and a 1 among them.
+inline std::vector<index> random_pieces(index n, std::uint32_t seed)
+{
+    std::mt19937 gen(seed);
+    std::vector<index> sizes{0, 1};
+    index left = n - 1;
+    while (left > 0) {
+        const index s = std::min<index>(left, 1 + index(gen() % 17));
+        sizes.push_back(s);
+        left -= s;
+    }
+    std::shuffle(sizes.begin(), sizes.end(), gen);
+    return sizes;
+}
+
+/// \brief The backward of a sequence run in `pieces` causal calls from an empty state at position `first`:
+/// the forwards (keeping the state each call started from), then the backwards in reverse order, each
+/// passing the gradient w.r.t. its initial state on as the final_grad of the call before (the same object:
+/// initial_grad may alias it). Parameter gradients are added to `pg` when given. Returns the gradient
+/// w.r.t. the empty initial state.
+template <class Attention, class S>
+typename Attention::state_type backward_pieces(const Attention& attn, const bhnd<S>& q, const bhnd<S>& k, const bhnd<S>& v,
+                                               const bhnd<S>& dout, bhnd<S>& dq, bhnd<S>& dk, bhnd<S>& dv,
+                                               const std::vector<index>& pieces,
+                                               typename Attention::parameter_gradients* pg = nullptr, index first = 0)
+{
+    std::vector<typename Attention::state_type> initial;
+    auto state = attn.make_state(q.b, q.h);
+    for (index bi = 0; bi < q.b; ++bi) state.restart(bi, first);
+    bhnd<S> out(q.b, q.h, q.n, v.w, 0);
+    index t = 0;
+    for (const index c : pieces) {
+        initial.push_back(state);
+        attn.forward(q.in(t, c), k.in(t, c), v.in(t, c), out.out(t, c), state);
+        t += c;
+    }
+    auto grad = attn.make_state(q.b, q.h);
+    for (std::size_t p = pieces.size(); p-- > 0;) {
+        const index c = pieces[p];
+        t -= c;
+        attn.backward(q.in(t, c), k.in(t, c), v.in(t, c), dout.in(t, c), dq.out(t, c), dk.out(t, c), dv.out(t, c), initial[p],
+                      grad, p + 1 < pieces.size() ? &grad : nullptr, nullptr, pg);
+    }
+    return grad;
+}
+
+/// ⟨dout, out⟩ of one batched causal call of q, k, v with every sequence from position `first`: the function
+/// whose gradient a chain of backward_pieces from `first` computes. `out_norm` receives ‖out‖_F when given.
+template <class Attention, class S>
+double call_loss(const Attention& attn, const bhnd<S>& q, const bhnd<S>& k, const bhnd<S>& v, const bhnd<S>& dout, index first,
+                 double* out_norm = nullptr)
+{
+    bhnd<S> out(q.b, q.h, q.n, v.w, 0);
+    attn.forward_positions(q.in(), k.in(), v.in(), out.out(), std::vector<index>(static_cast<std::size_t>(q.b), first));
+    if (out_norm) *out_norm = double(out.data.norm());
+    return double((dout.data.array() * out.data.array()).sum());
+}
+
+/// The matrices of a one-slot double state in the order export_bytes writes them (S then z; Toeplitz: far,
+/// history κ, history vx), row by row: a gradient state of the same structure pairs entry by entry.
+template <class Attention>
+std::vector<double> slot_data(const Attention& attn, const typename Attention::state_type& st)
+{
+    const std::vector<unsigned char> bytes = st.export_bytes(attn);
+    const std::size_t at = detail::state_header_bytes + detail::state_slot_bytes;
+    std::vector<double> x((bytes.size() - at) / sizeof(double));
+    std::memcpy(x.data(), bytes.data() + at, x.size() * sizeof(double));
+    return x;
+}
+
+/// A copy of the one-slot double state `s0` whose matrices are `x` (slot_data's order), through its bytes
+/// (no setter is public).
+template <class Attention>
+typename Attention::state_type with_slot_data(const Attention& attn, const typename Attention::state_type& s0,
+                                              const std::vector<double>& x)
+{
+    std::vector<unsigned char> bytes = s0.export_bytes(attn);
+    const std::size_t at = detail::state_header_bytes + detail::state_slot_bytes;
+    REQUIRE(bytes.size() == at + x.size() * sizeof(double));
+    std::memcpy(bytes.data() + at, x.data(), x.size() * sizeof(double));
+    const std::uint64_t sum = detail::state_checksum(bytes.data(), bytes.size());
+    std::memcpy(bytes.data() + detail::state_checksum_at, &sum, sizeof(sum));
+    auto out = attn.make_state(1, 1);
+    out.import_bytes(bytes, attn);
+    return out;
+}
+
+/// The state of `batch` × `heads` slots after one call of `len` tokens (q, k of width d, v of width e,
+/// seeded from `seed`, `seed` + 1, `seed` + 2).
+template <class Attention>
+typename Attention::state_type state_after(const Attention& attn, index batch, index heads, index len, index d, index e,
+                                           std::uint32_t seed)
+{
+    using S = typename Attention::scalar_type;
+    const bhnd<S> q(batch, heads, len, d, seed), k(batch, heads, len, d, seed + 1), v(batch, heads, len, e, seed + 2);
+    bhnd<S> out(batch, heads, len, e, 0);
+    auto st = attn.make_state(batch, heads);
+    attn.forward(q.in(), k.in(), v.in(), out.out(), st);
+    return st;
+}
+
+/// The refusals every backward from a state shares (`backward(initial, final_grad)` runs one): an initial
+/// state of another batch or heads, a final_grad of other heads, and states whose M' (`other_d`) or E
+/// (`other_e`) differs, as initial or final_grad.
+template <class Attention, class Backward>
+void require_shape_refusals(const Attention& attn, const Backward& backward, const typename Attention::state_type& state,
+                            const typename Attention::state_type& other_d, const typename Attention::state_type& other_e)
+{
+    using Catch::Matchers::Contains;
+    const index b = state.batch(), h = state.heads();
+    const typename Attention::state_type* none = nullptr;
+    REQUIRE_THROWS_WITH(backward(attn.make_state(b + 1, h), none), Contains("initial state"));
+    REQUIRE_THROWS_WITH(backward(attn.make_state(b, h + 1), none), Contains("initial state"));
+    const auto wrong_heads = attn.make_state(b, h + 1);
+    REQUIRE_THROWS_WITH(backward(state, &wrong_heads), Contains("final_grad state"));
+    REQUIRE_THROWS_WITH(backward(other_d, none), Contains("initial state slot sizes"));
+    REQUIRE_THROWS_WITH(backward(other_e, none), Contains("initial state slot sizes"));
+    REQUIRE_THROWS_WITH(backward(state, &other_e), Contains("final_grad state slot sizes"));
 }
 
 } // namespace state_test

@@ -2,6 +2,7 @@
 // vector by central finite differences in double, the float fast path against the exact reference with
 // derived bounds, thread-count independence of batched parameter gradients, and refused gradient shapes.
 #include "support_backward.hpp"
+#include "support_state.hpp"
 
 #include <string>
 #include <vector>
@@ -357,5 +358,51 @@ TEST_CASE("LRPE VJP hook in float against the double hook on the same inputs, wi
                 REQUIRE(bound < 1e-2 * gd.norm());
             }
         }
+}
+TEST_CASE("LRPE state backward: k calls of random sizes in reverse equal one call's backward, θ included",
+          "[lrpe][backward][state]")
+{
+    const idx n = 40;
+    int checked = 0;
+    for (const config& c : {configs()[0], configs()[3]}) // rotate (rms), cosine with odd-even basis (rms); θ trained
+        for (const idx first : {idx(0), idx(100003)}) {
+            const auto pe = make_encoding<double>(c);
+            const auto attn = make_attention(pe, c.norm, masking::causal);
+            const state_test::bhnd<double> q(1, heads, n, c.dim, 71), k(1, heads, n, c.dim, 72), v(1, heads, n, e_width, 73),
+                dout(1, heads, n, e_width, 74);
+            state_test::bhnd<double> dq(1, heads, n, c.dim, 0), dk(1, heads, n, c.dim, 0), dv(1, heads, n, e_width, 0);
+            auto pg = attn.make_parameter_gradients();
+            const auto pieces = state_test::random_pieces(n, 7);
+            state_test::backward_pieces(attn, q, k, v, dout, dq, dk, dv, pieces, &pg, first);
+            CAPTURE(c.name, first, pieces.size());
+            // Head 1 against the exact reference of one call from `first`: the chain forms the same products as
+            // one call (S0 enters as keys before each piece), grouped at the pieces' ends, and a window of an
+            // earlier piece collects P = pieces.size() later contributions: P more terms, and M + 2 for the
+            // post transform's VJP (P and Λ) as in the float test above.
+            const chained_attention chain{&attn, first};
+            const test::reference_grads ref =
+                test::reference_backward(chain, q.slice(0, head_used), k.slice(0, head_used), v.slice(0, head_used),
+                                         dout.slice(0, head_used), idx(pieces.size()) + c.dim + 2);
+            test::require_within(dq.slice(0, head_used), dk.slice(0, head_used), dv.slice(0, head_used), ref);
+            // θ of both heads against central differences of one call's forward (no sharp bound of the chain's
+            // θ against one call's is at hand: it sums per-row terms of dψ, whose bound the reference keeps
+            // inside). Directions scaled by 1/(last position + 1) as in the first test case.
+            const auto f = [&](const positional::lrpe<double>& p) {
+                return state_test::call_loss(make_attention(p, c.norm, masking::causal), q, k, v, dout, first);
+            };
+            double out_norm = 0;
+            state_test::call_loss(attn, q, k, v, dout, first, &out_norm);
+            const double fr = f_round(c, n, dout.data, row_matrix<double>::Constant(1, 1, out_norm)); // uses ‖out‖ only
+            const row_matrix<double> u = test::uniform<double>(heads, pe.theta_count(), 75) / double(first + n);
+            test::require_fd(test::central_difference(
+                [&](double h) {
+                    auto shifted = pe;
+                    shifted.set_theta((pe.theta + h * u).eval());
+                    return f(shifted);
+                },
+                test::dot(pg.theta, u), fr, pg.theta.norm() * u.norm(), u.norm() * double(first + n) / pe.theta.norm()));
+            ++checked;
+        }
+    REQUIRE(checked == 4);
 }
 } // namespace test_lrpe_backward

@@ -5,6 +5,7 @@
 // reference, thread counts and the decoder), and bad shapes.
 #include "support_backward.hpp"
 #include "support_spe.hpp"
+#include "support_state.hpp"
 
 #include <linrpe/decoder.hpp>
 #include <linrpe/feature_maps/elu_plus_one.hpp>
@@ -608,5 +609,61 @@ TEST_CASE("SPE: bad realization and parameter-gradient shapes throw linrpe::erro
     REQUIRE((dq.array() == 7.0).all());
     REQUIRE(pgs.freqs.isZero(0.0));
     REQUIRE(pgc.query_filter.isZero(0.0));
+}
+TEST_CASE("SPE state backward: k calls of random sizes in reverse equal one call's backward, parameters included",
+          "[spe][backward][state]")
+{
+    // Gated sineSPE, causal, both heads, from positions 0 and 100003: the chain's dq, dk, dv and every
+    // parameter gradient against central differences of ONE call's forward from that position (the
+    // one call's backward is checked the same way by the first test case), with check_fd's f_round.
+    const index n = 40;
+    const auto spe = make_sine<double>(true);
+    const attention_of<sine_spe<double>> attn({}, spe, fd_options(masking::causal));
+    using state_test::bhnd;
+    const bhnd<double> q(1, heads, n, dim, 81), k(1, heads, n, dim, 82), v(1, heads, n, values, 83), dout(1, heads, n, values, 84);
+    const auto pieces = state_test::random_pieces(n, 8);
+    int checked = 0;
+    for (const index first : {index(0), index(100003)}) {
+        bhnd<double> dq(1, heads, n, dim, 0), dk(1, heads, n, dim, 0), dv(1, heads, n, values, 0);
+        auto pg = attn.make_parameter_gradients();
+        state_test::backward_pieces(attn, q, k, v, dout, dq, dk, dv, pieces, &pg, first);
+        CAPTURE(first, pieces.size());
+        double out_norm = 0;
+        state_test::call_loss(attn, q, k, v, dout, first, &out_norm);
+        const double f_round = 2.0 * double(code_terms(spe) + reals + n + fd_options(masking::causal).chunk_size + 4) *
+                               test::unit_roundoff<double>() * dout.data.norm() * out_norm;
+        std::uint32_t seed = 85;
+        const auto check_input = [&](const bhnd<double>& x, const bhnd<double>& grad, int which) {
+            const row_matrix<double> u = test::uniform<double>(x.data.rows(), x.data.cols(), seed++);
+            test::require_fd(test::central_difference(
+                [&](double h) {
+                    bhnd<double> moved = x;
+                    moved.data += h * u;
+                    return state_test::call_loss(attn, which == 0 ? moved : q, which == 1 ? moved : k, which == 2 ? moved : v,
+                                                 dout, first);
+                },
+                test::dot(grad.data, u), f_round, grad.data.norm() * u.norm(), u.norm() / x.data.norm()));
+        };
+        check_input(q, dq, 0);
+        check_input(k, dk, 1);
+        check_input(v, dv, 2);
+        for (const auto& t : tensors(spe)) {
+            const row_matrix<double>& value = spe.*t.value;
+            const row_matrix<double>& grad = pg.*t.gradient;
+            CAPTURE(t.name);
+            const double shrink = t.position_scaled ? std::min(1.0, 128.0 / double(first + n)) : 1.0;
+            const row_matrix<double> u = shrink * test::uniform<double>(value.rows(), value.cols(), seed++);
+            test::require_fd(test::central_difference(
+                [&](double h) {
+                    sine_spe<double> moved = spe;
+                    moved.*t.value += h * u;
+                    return state_test::call_loss(attention_of<sine_spe<double>>({}, moved, fd_options(masking::causal)), q, k,
+                                                 v, dout, first);
+                },
+                test::dot(grad, u), f_round, grad.norm() * u.norm(), u.norm() / value.norm()));
+        }
+        ++checked;
+    }
+    REQUIRE(checked == 2);
 }
 } // namespace test_spe_backward

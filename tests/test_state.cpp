@@ -19,21 +19,6 @@ using linrpe::index;
 // FFT mixing adds log-depth rounding (see test_compose): 4·log2 L·√(N + Nk) more terms; others need none.
 index fft_terms(index n) { return index(4.0 * std::log2(double(4 * n)) * std::sqrt(double(2 * n))); }
 
-// Random piece sizes summing to n, with a 0 and a 1 among them.
-std::vector<index> random_pieces(index n, std::uint32_t seed)
-{
-    std::mt19937 gen(seed);
-    std::vector<index> sizes{0, 1};
-    index left = n - 1;
-    while (left > 0) {
-        const index s = std::min<index>(left, 1 + index(gen() % 17));
-        sizes.push_back(s);
-        left -= s;
-    }
-    std::shuffle(sizes.begin(), sizes.end(), gen);
-    return sizes;
-}
-
 // Runs `attn` over q, k, v in the given pieces from a fresh state; `between` sees the state after each piece.
 template <class Attention, class S>
 typename Attention::state_type run_pieces(const Attention& attn, const bhnd<S>& q, const bhnd<S>& k, const bhnd<S>& v, bhnd<S>& out,
@@ -350,34 +335,6 @@ TEST_CASE("State import fuzz: random and mutated bytes never crash", "[state][im
 
 // ---- backward from a state -----------------------------------------------------------------------------
 
-// The backward of a sequence run in `pieces` causal calls from an empty state: the forwards (keeping the
-// state each call started from), then the backwards in reverse order, each passing the gradient w.r.t. its
-// initial state on as the final_grad of the call before (the same object: initial_grad may alias it).
-// Returns the gradient w.r.t. the empty initial state.
-template <class Attention, class S>
-typename Attention::state_type backward_pieces(const Attention& attn, const bhnd<S>& q, const bhnd<S>& k, const bhnd<S>& v,
-                                               const bhnd<S>& dout, bhnd<S>& dq, bhnd<S>& dk, bhnd<S>& dv,
-                                               const std::vector<index>& pieces)
-{
-    std::vector<typename Attention::state_type> initial;
-    auto state = attn.make_state(q.b, q.h);
-    bhnd<S> out(q.b, q.h, q.n, v.w, 0);
-    index t = 0;
-    for (const index c : pieces) {
-        initial.push_back(state);
-        attn.forward(q.in(t, c), k.in(t, c), v.in(t, c), out.out(t, c), state);
-        t += c;
-    }
-    auto grad = attn.make_state(q.b, q.h);
-    for (std::size_t p = pieces.size(); p-- > 0;) {
-        const index c = pieces[p];
-        t -= c;
-        attn.backward(q.in(t, c), k.in(t, c), v.in(t, c), dout.in(t, c), dq.out(t, c), dk.out(t, c), dv.out(t, c), initial[p],
-                      grad, p + 1 < pieces.size() ? &grad : nullptr);
-    }
-    return grad;
-}
-
 TEMPLATE_TEST_CASE("State backward: k calls of random sizes in reverse equal one call's backward", "[state][backward]", LINRPE_TEST_SCALARS)
 {
     using S = TestType;
@@ -414,29 +371,18 @@ TEMPLATE_TEST_CASE("State backward: k calls of random sizes in reverse equal one
     REQUIRE(checked == 6);
 }
 
-// A copy of the one-slot state `s0` with S += h·us and z += h·uz, through its bytes (no setter is public).
+// A copy of the one-slot state `s0` with S += h·us and z += h·uz.
 template <class Attention>
 typename Attention::state_type shifted(const Attention& attn, const typename Attention::state_type& s0,
                                        const row_matrix<double>& us, const vector<double>& uz, double h)
 {
-    std::vector<unsigned char> bytes = s0.export_bytes(attn);
-    std::size_t at = detail::state_header_bytes + detail::state_slot_bytes; // one slot: S row by row, then z
-    const auto add = [&](double delta) {
-        double x;
-        std::memcpy(&x, bytes.data() + at, sizeof x);
-        x += delta;
-        std::memcpy(bytes.data() + at, &x, sizeof x);
-        at += sizeof x;
-    };
+    std::vector<double> x = slot_data(attn, s0); // S row by row, then z
+    REQUIRE(x.size() == std::size_t(us.size() + uz.size()));
+    std::size_t at = 0;
     for (index i = 0; i < us.rows(); ++i)
-        for (index j = 0; j < us.cols(); ++j) add(h * us(i, j));
-    for (index i = 0; i < uz.size(); ++i) add(h * uz[i]);
-    REQUIRE(at == bytes.size());
-    const std::uint64_t sum = detail::state_checksum(bytes.data(), bytes.size());
-    std::memcpy(bytes.data() + detail::state_checksum_at, &sum, sizeof(sum));
-    auto out = attn.make_state(1, 1);
-    out.import_bytes(bytes, attn);
-    return out;
+        for (index j = 0; j < us.cols(); ++j) x[at++] += h * us(i, j);
+    for (index i = 0; i < uz.size(); ++i) x[at++] += h * uz[i];
+    return with_slot_data(attn, s0, x);
 }
 
 TEST_CASE("State backward: the gradient w.r.t. the initial state equals central finite differences", "[state][backward][fd]")
@@ -449,14 +395,7 @@ TEST_CASE("State backward: the gradient w.r.t. the initial state equals central 
         const index m = attn.encoded_dim(d);
         const bool with_den = norm == normalization::sum;
         // S0 from a prefix of 5 tokens; the weights of the final state in the loss from another sequence.
-        const auto state_after = [&](index len, std::uint32_t seed) {
-            const bhnd<S> qp(1, 1, len, d, seed), kp(1, 1, len, d, seed + 1), vp(1, 1, len, e, seed + 2);
-            bhnd<S> op(1, 1, len, e, 0);
-            auto st = attn.make_state(1, 1);
-            attn.forward(qp.in(), kp.in(), vp.in(), op.out(), st);
-            return st;
-        };
-        const auto s0 = state_after(5, 40), weights = state_after(4, 50);
+        const auto s0 = state_after(attn, 1, 1, 5, d, e, 40), weights = state_after(attn, 1, 1, 4, d, e, 50);
         const bhnd<S> q(1, 1, n, d, 1), k(1, 1, n, d, 2), v(1, 1, n, e, 3), dout(1, 1, n, e, 4);
         bhnd<S> dq(1, 1, n, d, 0), dk(1, 1, n, d, 0), dv(1, 1, n, e, 0);
         auto grad = attn.make_state(1, 1);
@@ -543,22 +482,8 @@ TEST_CASE("State backward: states of the wrong shape are refused, nothing writte
         attn.backward(q.in(), k.in(), v.in(), dout.in(), dq.out(), dk.out(), dv.out(), initial, grad, final_grad);
     };
     const decltype(state)* none = nullptr;
-    REQUIRE_THROWS_WITH(backward(attn.make_state(b + 1, h), none), Contains("initial state"));
-    REQUIRE_THROWS_WITH(backward(attn.make_state(b, h + 1), none), Contains("initial state"));
-    const auto wrong_heads = attn.make_state(b, h + 1);
-    REQUIRE_THROWS_WITH(backward(state, &wrong_heads), Contains("final_grad state"));
     // A state of width D = 3 (other M') or E = 2 continued at D = 4, E = 3; as initial or final_grad.
-    const auto narrow = [&](index dd, index ee) {
-        const bhnd<S> q3(b, h, 1, dd, 9), k3(b, h, 1, dd, 10), v2(b, h, 1, ee, 11);
-        bhnd<S> o(b, h, 1, ee, 0);
-        auto st = attn.make_state(b, h);
-        attn.forward(q3.in(), k3.in(), v2.in(), o.out(), st);
-        return st;
-    };
-    const auto other_d = narrow(3, e), other_e = narrow(d, 2);
-    REQUIRE_THROWS_WITH(backward(other_d, none), Contains("initial state slot sizes"));
-    REQUIRE_THROWS_WITH(backward(other_e, none), Contains("initial state slot sizes"));
-    REQUIRE_THROWS_WITH(backward(state, &other_e), Contains("final_grad state slot sizes"));
+    require_shape_refusals(attn, backward, state, state_after(attn, b, h, 1, 3, e, 9), state_after(attn, b, h, 1, d, 2, 9));
     // A state of another normalization (no z) under sum.
     const plain_attention<S> rms({}, {}, causal<S>(normalization::rms));
     auto rms_state = rms.make_state(b, h);

@@ -45,69 +45,6 @@ positional::toeplitz_rpe<double> random_biases(index heads, index t_max, std::ui
     return positional::toeplitz_rpe<double>(test::uniform<double>(heads, 2 * t_max - 1, seed, 1.5));
 }
 
-/// \brief Exact ∂L/∂b (one head, double) from the explicit formula with the true weights W = exp(b), and
-/// a bound on the error of a backward computed in S.
-///
-/// With A = Ψ Κᵀ, the seed (g, g_den) of reference::kernel_attention_backward and dA = g Vᵀ + g_den 1ᵀ,
-/// ∂L/∂b_t = Σ_{(i, j): clip(t_ij) = t} W_ij A_ij dA_ij. Error (first order, Higham §3.5): every path forms
-/// A_ij and dA_ij as sums of at most `terms` products (M or Ex, plus the FFT's depth) and adds the N·Nk
-/// pair terms in nested sums of depth <= N + Nk, so with γ = 2·(terms + N + Nk)·u,
-///     |δ∂L/∂b_t| <= γ Σ_{pairs at t} |W_ij| (|ψ_i|·|κ_j|) (|g_i|·|v_j| + |g_den_i|) · κ_g
-/// where κ_g >= 1 covers the seed's own relative error (sum: 1 + 2 max_i (Â1)_i/|den_i + eps|, the
-/// denominator's rounding carried into g and g_den; rms: 1 + 3 max_i ‖Â|V|‖_i/‖num_i‖; none: 1). The bound
-/// returned is the 2-norm of the per-offset bounds times a safety factor 2.
-struct bias_reference {
-    vector<double> exact;
-    double bound = 0;
-};
-
-template <class Attention, class S>
-bias_reference reference_bias_gradient(const Attention& attn, const row_matrix<S>& q, const row_matrix<S>& k,
-                                       const row_matrix<S>& vs, const row_matrix<S>& douts, index t_max, index extra)
-{
-    const double u = test::unit_roundoff<S>();
-    const row_matrix<double> v = vs.template cast<double>(), dout = douts.template cast<double>();
-    const auto& opt = attn.opts();
-    const row_matrix<double> psi = attn.features(q, role::query).template cast<double>();
-    const row_matrix<double> kappa = attn.features(k, role::key).template cast<double>();
-    const row_matrix<double> w = attn.mixing_matrix(q.rows(), k.rows()).template cast<double>();
-    const index n = q.rows(), nk = k.rows(), e = v.cols();
-    const row_matrix<double> a = psi * kappa.transpose(), aw = (a.array() * w.array()).matrix();
-    const row_matrix<double> ahat = ((psi.cwiseAbs() * kappa.cwiseAbs().transpose()).array() * w.cwiseAbs().array()).matrix();
-    const row_matrix<double> num = aw * v;
-    const vector<double> den = aw.rowwise().sum();
-    row_matrix<double> g = dout;
-    vector<double> g_den = vector<double>::Zero(n);
-    double kappa_g = 1.0;
-    for (index i = 0; i < n; ++i) {
-        if (opt.norm == normalization::sum) {
-            const double d = den[i] + double(opt.eps);
-            g.row(i) = dout.row(i) / d;
-            g_den[i] = -dout.row(i).dot(num.row(i)) / (d * d);
-            kappa_g = std::max(kappa_g, 1.0 + 2.0 * ahat.row(i).sum() / std::abs(d));
-        } else if (opt.norm == normalization::rms) {
-            const double r = std::sqrt(num.row(i).squaredNorm() / double(e) + double(opt.eps));
-            const Eigen::RowVectorXd o = num.row(i) / r;
-            g.row(i) = (dout.row(i) - o * (dout.row(i).dot(o) / double(e))) / r;
-            if (num.row(i).norm() > 0) kappa_g = std::max(kappa_g, 1.0 + 3.0 * (ahat.row(i) * v.cwiseAbs()).norm() / num.row(i).norm());
-        }
-    }
-    const row_matrix<double> da = g * v.transpose() + g_den * vector<double>::Ones(nk).transpose();
-    const row_matrix<double> da_abs = g.cwiseAbs() * v.cwiseAbs().transpose() + g_den.cwiseAbs() * vector<double>::Ones(nk).transpose();
-    bias_reference out;
-    out.exact = vector<double>::Zero(2 * t_max - 1);
-    vector<double> bound = vector<double>::Zero(2 * t_max - 1);
-    for (index i = 0; i < n; ++i)
-        for (index j = 0; j < nk; ++j) {
-            const index t = std::clamp<index>(j - i, -(t_max - 1), t_max - 1) + t_max - 1;
-            out.exact[t] += aw(i, j) * da(i, j);
-            bound[t] += ahat(i, j) * da_abs(i, j);
-        }
-    const index terms = psi.cols() + e + 1 + n + nk + extra + 4;
-    out.bound = 2.0 * (2.0 * terms * u) * kappa_g * bound.norm();
-    return out;
-}
-
 // f(x) = ⟨dout, forward(x)⟩ for one head; its rounding is at most ‖dout‖·(the forward's bound) plus the
 // dot's own n·E·u·Σ|dout||out| <= n·E·u·‖dout‖‖out‖.
 template <class Attention>
@@ -198,7 +135,7 @@ TEMPLATE_TEST_CASE("Toeplitz backward: dense, fft and banded agree with the exac
                         // Exact gradients in double and the derived bounds for S (support_backward.hpp, the FFT's
                         // depth added to the summation terms).
                         const auto ref = test::reference_backward(attn, q, k, v, dout, extra_terms(algo, n, n));
-                        const auto bref = reference_bias_gradient(attn, q, k, v, dout, t_max, extra_terms(algo, n, n));
+                        const auto bref = test::reference_bias_gradient(attn, q, k, v, dout, t_max, extra_terms(algo, n, n));
                         const double err_q = (dq.template cast<double>() - ref.exact.dq).norm(),
                                      err_k = (dk.template cast<double>() - ref.exact.dk).norm(),
                                      err_v = (dv.template cast<double>() - ref.exact.dv).norm(),

@@ -357,21 +357,22 @@ public:
     /// S0 enters as keys before the call: the prefix states start at S0, the suffix states at dS_final; the
     /// cost is backward()'s. `initial_grad` may be the same object as `final_grad`. Throws (outputs and
     /// `initial_grad` untouched) on a state of another batch, heads or (M', E), or a non-causal attention.
-    /// Not available yet for sequence-mixing (Toeplitz) encodings: a compile-time error, as backward().
+    /// Toeplitz encodings: a slot is the window of the last ≤ T_max tokens' κ and [v, 1] plus the far state,
+    /// and so is its gradient (d κ, d vx of the history rows, d far); the new queries are differentiated
+    /// against [history; new keys] by the forward's algorithm with the forward's offsets and shift, the far
+    /// term c_far ψ far and the eviction into far (linear) chain into d far and the rows they came from,
+    /// and the final history's gradient flows back to the rows it holds. Parameter gradients include the
+    /// pairs with history keys and the far term's clipped offset. A `final_grad` slot must then hold the
+    /// history length the call leaves, min(history + N, T_max).
     void backward(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
                   tensor_view<const Scalar> dout, tensor_view<Scalar> dq, tensor_view<Scalar> dk, tensor_view<Scalar> dv,
                   const state_type& initial, state_type& initial_grad, const state_type* final_grad = nullptr,
                   workspace<Scalar>* ws = nullptr, parameter_gradients* pg = nullptr) const
     {
-        static_assert(!PositionalEncoding::has_mixing,
-                      "backward() from a state is not available for sequence-mixing (Toeplitz) encodings in this "
-                      "version of linrpe: their gradients (mixing_weights_backward) come in the next version.");
-        if constexpr (!PositionalEncoding::has_mixing) {
-            validate_backward_views(q, k, v, dout, dq, dk, dv, 0);
-            validate_gradients(pg);
-            detail::sequence_calls<linear_attention>::backward_state(*this, q, k, v, dout, dq, dk, dv, initial,
-                                                                     initial_grad, final_grad, ws, pg);
-        }
+        validate_backward_views(q, k, v, dout, dq, dk, dv, 0);
+        validate_gradients(pg);
+        detail::sequence_calls<linear_attention>::backward_state(*this, q, k, v, dout, dq, dk, dv, initial, initial_grad,
+                                                                 final_grad, ws, pg);
     }
     /// Batched with per-sequence first positions (size B; queries and keys of sequence b start at first[b]).
     void forward_positions(tensor_view<const Scalar> q, tensor_view<const Scalar> k, tensor_view<const Scalar> v,
@@ -765,9 +766,9 @@ private:
     // One (b, h) of a batched backward: its first position and, for state passing, its states (else null).
     struct backward_item {
         index first;
-        const causal_stream* initial;
-        const causal_stream* final_grad;
-        causal_stream* initial_grad;
+        const stream_state* initial;
+        const stream_state* final_grad;
+        stream_state* initial_grad;
     };
 
     // The loop of the batched backwards over validated views: item(b, h) gives each head call's
@@ -827,6 +828,8 @@ private:
             dv.setZero();
             if (states && states->initial_grad) { // no token: S_final = S0
                 if (states->final_grad && !states->final_grad->empty()) *states->initial_grad = *states->final_grad;
+                else if constexpr (PositionalEncoding::has_mixing)
+                    *states->initial_grad = zero_window(*states->initial, q.cols(), v.cols());
                 else states->initial_grad->reset(encoded_dim(q.cols()), v.cols(), m_opt.norm == normalization::sum);
             }
             return;
@@ -842,7 +845,7 @@ private:
                             kept);
         };
         if constexpr (PositionalEncoding::has_mixing)
-            mixing_backward(q, k, v, dout, dq, dk, dv, head, q_first, k_first, back, grad, ws);
+            mixing_backward(q, k, v, dout, dq, dk, dv, head, q_first, k_first, back, grad, states, ws);
         else if (m_opt.mask == masking::causal)
             detail::causal_backward<Scalar>(q, k, v, dout, dq, dk, dv, q_first, splits_sequence(call_heads, q.rows()),
                                             setup(q.cols()), m_opt.norm, m_opt.eps, encoder_into(head), back, ws,
@@ -855,43 +858,78 @@ private:
     }
 
     // The Toeplitz branch of run_head_backward (docs/design.md §16): features recomputed for the whole head,
-    // the seed and the mixing VJP by the forward's algorithm (detail::toeplitz_backward), then the features' VJP by blocks of fused_block rows (the parameter-gradient
-    // blocks are keyed by their first row) and ∂L/∂log c into the encoding's parameters. Extra memory
-    // O((N + Nk)·(M' + Ex)), from the workspace (fresh per-call buffers of this size cost ~15% of the banded
-    // backward in page faults).
+    // the seed and the mixing VJP by the forward's algorithm (detail::toeplitz_backward), then the features'
+    // VJP by blocks of fused_block rows (the parameter-gradient blocks are keyed by their first row) and
+    // ∂L/∂log c into the encoding's parameters. Extra memory O((N + Nk)·(M' + Ex)), from the workspace (fresh
+    // per-call buffers of this size cost ~15% of the banded backward in page faults).
+    //
+    // From a carried state (`states`, causal): the forward (toeplitz_stream::mix) mixed the queries against
+    // the keys [history (h rows); new] from position q_first − h with the streaming shift, added
+    // num_far = c_far ψ far when the state had evicted, then evicted the oldest h + N − T_max rows into far.
+    // All three algorithms run their VJP on those keys (memory O((N + h)·(M' + Ex)), h <= T_max); num_far
+    // enters the seed, and its VJP is dψ += c_far G farᵀ, d far += c_far ψᵀ G, ∂L/∂log c_far += ⟨G, num_far⟩.
+    // The final state's gradient (history rows d κ, d vx; d far) adds to the rows it holds, to d far, and
+    // through far_final = far + Σ_evicted κ vxᵀ to the evicted rows (d κ_j += dfar vx_j, d vx_j += dfarᵀ κ_j).
+    // The history rows' gradients stay features: the initial state's gradient is that window's.
     template <class Back>
     void mixing_backward(const const_ref& q, const const_ref& k, const const_ref& v, const const_ref& dout, ref dq, ref dk,
                          ref dv, index head, index q_first, index k_first, const Back& back, double* grad,
-                         workspace<Scalar>& ws) const
+                         const backward_item* states, workspace<Scalar>& ws) const
     {
         const index n = q.rows(), nk = k.rows(), e = v.cols();
-        if (nk == 0) { // no key: out = 0 whatever q holds
+        if (nk == 0) { // no key: out = 0 whatever q holds (a state call has n = nk > 0)
             dq.setZero();
             return;
         }
         const bool causal = m_opt.mask == masking::causal, with_den = m_opt.norm == normalization::sum;
-        const index ex = e + (with_den ? 1 : 0);
-        const auto w = call_weights(head, n, nk, q_first, k_first, false);
-        const toeplitz_algorithm algo = detail::toeplitz_resolve<Scalar>(m_opt.toeplitz, w, n, nk, encoded_dim(q.cols()), ex,
-                                                                         k_first - q_first, causal);
-        const index m = encoded_dim(q.cols());
+        const index ex = e + (with_den ? 1 : 0), m = encoded_dim(q.cols());
+        const bool carried = states && states->initial; // a state call (a plain batched item holds no states)
+        const stream_state* from = carried && !states->initial->empty() ? states->initial : nullptr;
+        const index h = from ? from->history() : 0, keys = h + nk; // keys [history; new] from k_first − h
+        const auto w = call_weights(head, n, nk, q_first, k_first, carried);
+        const toeplitz_algorithm algo = detail::toeplitz_resolve<Scalar>(m_opt.toeplitz, w, n, keys, m, ex,
+                                                                         k_first - h - q_first, causal);
         detail::scratch_scope<Scalar> tmp(ws.local());
-        auto psi = tmp.matrix(n, m), kappa = tmp.matrix(nk, m); // (N, M'), (Nk, M')
+        auto psi = tmp.matrix(n, m); // (N, M')
         encode_into(q, role::query, head, q_first, psi, tmp.source());
-        encode_into(k, role::key, head, k_first, kappa, tmp.source());
-        auto vx = tmp.matrix(nk, ex); // (Nk, Ex) = [V, 1]
-        vx.leftCols(e) = v;
-        if (with_den) vx.col(e).setOnes();
+        auto kappa = tmp.matrix(keys, m), vx = tmp.matrix(keys, ex); // (h + Nk, M'), (h + Nk, Ex) = [V, 1] below the history
+        if (from) {
+            kappa.topRows(h) = from->keys();
+            vx.topRows(h) = from->values();
+        }
+        encode_into(k, role::key, head, k_first, kappa.bottomRows(nk), tmp.source());
+        vx.bottomRows(nk).leftCols(e) = v;
+        if (with_den) vx.bottomRows(nk).col(e).setOnes();
+        std::optional<matrix> num_far; // (N, Ex)
+        if (from && from->evicted()) num_far.emplace(w.far_behind() * (psi * from->far()));
         auto g = tmp.matrix(n, ex); // (N, Ex): the seed, written by the mixer
-        auto dpsi = tmp.matrix(n, m), dkappa = tmp.matrix(nk, m), dvx = tmp.matrix(nk, ex);
+        auto dpsi = tmp.matrix(n, m), dkappa = tmp.matrix(keys, m), dvx = tmp.matrix(keys, ex);
         dpsi.setZero();
         dkappa.setZero();
         dvx.setZero();
         vector<double> dlog_c = vector<double>::Zero(w.c.size());
         detail::toeplitz_backward<Scalar>(w, {psi, kappa, vx, g, dpsi, dkappa, dvx, grad ? &dlog_c : nullptr}, dout,
-                                          m_opt.norm, m_opt.eps, q_first, k_first, causal, algo, m_opt.threads,
-                                          &tmp.source());
-        dv = dvx.leftCols(e);
+                                          m_opt.norm, m_opt.eps, q_first, k_first - h, causal, algo, m_opt.threads,
+                                          num_far ? &*num_far : nullptr, &tmp.source());
+        if (carried && states->initial_grad) {
+            matrix dfar = matrix::Zero(m, ex); // (M', Ex)
+            if (num_far) {
+                dpsi.noalias() += w.far_behind() * (g * from->far().transpose());
+                dfar.noalias() += w.far_behind() * (psi.transpose() * g);
+                if (grad) dlog_c[0] += static_cast<double>((g.array() * num_far->array()).sum());
+            }
+            const stream_state* fin = states->final_grad && !states->final_grad->empty() ? states->final_grad : nullptr;
+            if (fin) {
+                const index evicted = std::max<index>(keys - w.t_max, 0), kept = keys - evicted; // kept = fin->history()
+                dkappa.bottomRows(kept) += fin->keys();
+                dvx.bottomRows(kept) += fin->values();
+                dkappa.topRows(evicted).noalias() += vx.topRows(evicted) * fin->far().transpose();
+                dvx.topRows(evicted).noalias() += kappa.topRows(evicted) * fin->far();
+                dfar += fin->far();
+            }
+            states->initial_grad->assign(dkappa.topRows(h), dvx.topRows(h), std::move(dfar), from && from->evicted());
+        }
+        dv = dvx.bottomRows(nk).leftCols(e);
         const auto features_backward = [&](const const_ref& x, const const_ref& feat, const const_ref& dfeat, ref dx,
                                            role which, index first) {
             detail::parallel_for((x.rows() + detail::fused_block - 1) / detail::fused_block, m_opt.threads, [&](index b) {
@@ -901,9 +939,19 @@ private:
             });
         };
         features_backward(q, psi, dpsi, dq, role::query, q_first);
-        features_backward(k, kappa, dkappa, dk, role::key, k_first);
+        features_backward(k, kappa.bottomRows(nk), dkappa.bottomRows(nk), dk, role::key, k_first);
         if constexpr (detail::has_parameters<PositionalEncoding>::value)
             if (grad) m_pe.mixing_weights_backward(head, w, dlog_c, grad);
+    }
+
+    // The gradient of a carried Toeplitz window that nothing used: zeros of its shape (a started window of
+    // no history when `s` holds no token).
+    stream_state zero_window(const stream_state& s, index d, index e) const
+    {
+        const index m = encoded_dim(d), ex = e + (m_opt.norm == normalization::sum ? 1 : 0), h = s.empty() ? 0 : s.history();
+        stream_state z;
+        z.assign(matrix::Zero(h, m), matrix::Zero(h, ex), matrix::Zero(m, ex), !s.empty() && s.evicted());
+        return z;
     }
 
     index gradient_size() const

@@ -100,6 +100,7 @@ struct sequence_calls {
             for (index h = 0; h < heads; ++h) {
                 check_slot(attn, initial, b, h, n, d, e, "initial state");
                 if (final_grad) check_slot(attn, *final_grad, b, h, 0, d, e, "final_grad state");
+                if constexpr (state_type::toeplitz) check_windows(attn, initial, final_grad, b, h, n);
             }
         state_type grad(batch, heads);
         for (index b = 0; b < batch; ++b)
@@ -280,6 +281,23 @@ private:
             fail(concat(what, " slot sizes (M', E)").c_str(), concat("(", m, ", ", e, ") for this call"),
                  concat("(", state_type::features_of(s), ", ", state_type::values_of(s, with_den), ") at slot (", b, ", ",
                         h, ")"));
+    }
+
+    // Toeplitz: the initial slot holds at most T_max tokens, and a non-empty final_grad slot the history the
+    // call leaves, min(history + n, T_max) rows (its far and widths are checked by check_slot).
+    static void check_windows(const Attention& attn, const state_type& initial, const state_type* final_grad, index b,
+                              index h, index n)
+    {
+        const index t_max = attn.positional().template mixing_weights<S>(h, 0, 0).t_max;
+        const auto& from = initial.slot(b, h).stream;
+        const index kept = from.empty() ? 0 : from.history();
+        if (kept > t_max)
+            fail("initial state history", concat("<= T_max = ", t_max, " tokens"), concat(kept, " at slot (", b, ", ", h, ")"));
+        if (!final_grad || final_grad->slot(b, h).stream.empty()) return;
+        const index expected = std::min(kept + n, t_max), got = final_grad->slot(b, h).stream.history();
+        if (got != expected)
+            fail("final_grad state history (rows of the window the call leaves)", concat(expected, " tokens"),
+                 concat(got, " at slot (", b, ", ", h, ")"));
     }
 
     // Empty, or one value per sequence in [lo, hi] (hi < 0: no upper bound).

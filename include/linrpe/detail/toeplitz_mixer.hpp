@@ -163,21 +163,30 @@ void toeplitz_seed(const Eigen::Ref<const row_matrix<S>>& num, const Eigen::Ref<
 /// the caller), for the output seed `dout` (N, E): writes the seed G into x.g and adds dΨ, dΚ, dVx and
 /// ∂L/∂log c to `x` (docs/design.md §16; the formulas in toeplitz_dense.hpp). Under `sum` and `rms` the seed
 /// needs num': dense and fft recompute it by toeplitz_mix first, banded fuses it into its own sweep. All
-/// three agree to rounding; the result does not depend on `threads`. The (N, Ex) numerator comes from
-/// `scratch` when given (a workspace arena), else from the heap.
+/// three agree to rounding; the result does not depend on `threads`. `num_extra` (N, Ex), when given, is a
+/// part of num' that the keys do not produce (a carried Toeplitz state's far term c_far ψ far): it enters
+/// the seed only, its own VJP is the caller's. The (N, Ex) numerator comes from `scratch` when given (a
+/// workspace arena), else from the heap.
 template <class S>
 void toeplitz_backward(const relative_weights<S>& w, toeplitz_vjp<S> x, const Eigen::Ref<const row_matrix<S>>& dout,
                        normalization norm, S eps, index q_first, index k_first, bool causal, toeplitz_algorithm algo,
-                       int threads = 0, arena<S>* scratch = nullptr)
+                       int threads = 0, const row_matrix<S>* num_extra = nullptr, arena<S>* scratch = nullptr)
 {
     const bool with_num = norm != normalization::none;
     arena<S> own; // used only without `scratch`
     scratch_scope<S> tmp(scratch ? *scratch : own);
     if (algo == toeplitz_algorithm::banded) {
+        row_matrix<S> full; // (rows, Ex): the block's num' with num_extra
         const auto seed = [&](index r0, const row_matrix<S>& num, Eigen::Ref<row_matrix<S>> g) {
             const auto d = dout.middleRows(r0, g.rows());
-            if (with_num) toeplitz_seed<S>(num, d, g, norm, eps, w.shift);
-            else toeplitz_seed<S>(d, d, g, norm, eps, w.shift); // `none` reads no numerator
+            if (with_num && num_extra) {
+                full = num + num_extra->middleRows(r0, g.rows());
+                toeplitz_seed<S>(full, d, g, norm, eps, w.shift);
+            } else if (with_num) {
+                toeplitz_seed<S>(num, d, g, norm, eps, w.shift);
+            } else {
+                toeplitz_seed<S>(d, d, g, norm, eps, w.shift); // `none` reads no numerator
+            }
         };
         auto num_ahead = tmp.matrix(with_num && !causal ? x.psi.rows() : 0, x.vx.cols()); // (N, Ex)
         toeplitz_backward_banded<S>(w, x, q_first, k_first, causal, with_num, seed, num_ahead);
@@ -192,6 +201,7 @@ void toeplitz_backward(const relative_weights<S>& w, toeplitz_vjp<S> x, const Ei
         auto num = tmp.matrix(x.psi.rows(), x.vx.cols()); // (N, Ex)
         fft_side_products<S> side{dout, {}, {}};
         toeplitz_mix_fft_rectangle<S>(w, x.psi, x.kappa, x.vx, num, q_first, k_first, 0, threads, &side);
+        if (num_extra) num += *num_extra;
         vector<S> inv;
         toeplitz_seed<S>(num, dout, x.g, norm, eps, w.shift, &inv);
         x.dpsi.array() += side.p.array().colwise() * inv.array() + side.yden.array().colwise() * x.g.col(e).array();
@@ -201,6 +211,7 @@ void toeplitz_backward(const relative_weights<S>& w, toeplitz_vjp<S> x, const Ei
     if (with_num) {
         auto num = tmp.matrix(x.psi.rows(), x.vx.cols()); // (N, Ex)
         toeplitz_mix<S>(w, x.psi, x.kappa, x.vx, num, q_first, k_first, causal, algo, threads);
+        if (num_extra) num += *num_extra;
         toeplitz_seed<S>(num, dout, x.g, norm, eps, w.shift);
     } else {
         toeplitz_seed<S>(dout, dout, x.g, norm, eps, w.shift);
