@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -177,6 +178,91 @@ void require_shape_refusals(const Attention& attn, const Backward& backward, con
     REQUIRE_THROWS_WITH(backward(other_d, none), Contains("initial state slot sizes"));
     REQUIRE_THROWS_WITH(backward(other_e, none), Contains("initial state slot sizes"));
     REQUIRE_THROWS_WITH(backward(state, &other_e), Contains("final_grad state slot sizes"));
+}
+
+/// \brief No leak from the future through a backward from a state (test_no_leak_backward.cpp's properties on
+/// the API that carries a state). A call of n tokens continues the state of a `prefix`-token call, and its
+/// final_grad comes from the backward of a later call of `later` tokens, as in a training chain:
+///   (a) NaN, ±Inf or ±1e30 in rows >= t of the call's q, k, v and dOut leave its out and dQ rows < t
+///       bit-identical (per slot);
+///   (b) the same poisons in rows < t of q and dOut leave dK, dV rows >= t bit-identical;
+///   (c) the later call poisoned whole (its initial_grad, our final_grad, is then not finite): out and dQ of
+///       the call read no final state and keep their bits, while dK, dV (which do read it) change.
+/// Every comparison also checks that the poisoned side did change, so that it can fail.
+template <class Attention>
+void require_state_no_leak(const Attention& attn, index b, index h, index d, index e, index prefix, index n, index t, index later)
+{
+    using S = typename Attention::scalar_type;
+    using state = typename Attention::state_type;
+    REQUIRE((0 < t && t < n));
+    const state initial = state_after(attn, b, h, prefix, d, e, 91);
+    struct call {
+        bhnd<S> q, k, v, dout;
+        call(index b_, index h_, index len, index d_, index e_, std::uint32_t seed)
+            : q(b_, h_, len, d_, seed), k(b_, h_, len, d_, seed + 1), v(b_, h_, len, e_, seed + 2), dout(b_, h_, len, e_, seed + 3) {}
+    };
+    struct result {
+        bhnd<S> out, dq, dk, dv;
+    };
+    // Forward of `c` from `initial`, the later call forward and backward from the state it left, then the
+    // backward of `c` with the later call's initial_grad as final_grad.
+    const auto run = [&](const call& c, const call& next) {
+        result r{bhnd<S>(b, h, n, e, 0), bhnd<S>(b, h, n, d, 0), bhnd<S>(b, h, n, d, 0), bhnd<S>(b, h, n, e, 0)};
+        state st = initial;
+        attn.forward(c.q.in(), c.k.in(), c.v.in(), r.out.out(), st);
+        const state mid = st;
+        bhnd<S> out2(b, h, later, e, 0), dq2(b, h, later, d, 0), dk2(b, h, later, d, 0), dv2(b, h, later, e, 0);
+        attn.forward(next.q.in(), next.k.in(), next.v.in(), out2.out(), st);
+        auto pg = attn.make_parameter_gradients();
+        state final_grad = attn.make_state(b, h), initial_grad = attn.make_state(b, h);
+        attn.backward(next.q.in(), next.k.in(), next.v.in(), next.dout.in(), dq2.out(), dk2.out(), dv2.out(), mid, final_grad,
+                      nullptr, nullptr, &pg);
+        attn.backward(c.q.in(), c.k.in(), c.v.in(), c.dout.in(), r.dq.out(), r.dk.out(), r.dv.out(), initial, initial_grad,
+                      &final_grad, nullptr, &pg);
+        return r;
+    };
+    // Sets rows [from, to) of every slot of x.
+    const auto poison = [](bhnd<S>& x, index from, index to, S value) {
+        for (index s = 0; s < x.b * x.h; ++s) x.data.middleRows(s * x.n + from, to - from).setConstant(value);
+    };
+    // Rows [from, to) of every slot of x and y bit-identical.
+    const auto same_rows = [&](const bhnd<S>& x, const bhnd<S>& y, index from, index to) {
+        bool same = true;
+        for (index s = 0; s < b * h; ++s)
+            same = same && test::bit_identical(x.data.middleRows(s * n + from, to - from).eval(),
+                                               y.data.middleRows(s * n + from, to - from).eval());
+        return same;
+    };
+    const call c(b, h, n, d, e, 101), next(b, h, later, d, e, 105);
+    const result base = run(c, next);
+    const S inf = std::numeric_limits<S>::infinity();
+    int checked = 0;
+    for (const S value : {std::numeric_limits<S>::quiet_NaN(), inf, -inf, S(1e30), S(-1e30)}) {
+        CAPTURE(double(value));
+        call ca = c; // (a)
+        for (bhnd<S>* x : {&ca.q, &ca.k, &ca.v, &ca.dout}) poison(*x, t, n, value);
+        const result a = run(ca, next);
+        REQUIRE(same_rows(base.out, a.out, 0, t));
+        REQUIRE(same_rows(base.dq, a.dq, 0, t));
+        REQUIRE_FALSE(test::bit_identical(base.out.data, a.out.data));
+        REQUIRE_FALSE(test::bit_identical(base.dq.data, a.dq.data));
+        call cb = c; // (b)
+        poison(cb.q, 0, t, value);
+        poison(cb.dout, 0, t, value);
+        const result rb = run(cb, next);
+        REQUIRE(same_rows(base.dk, rb.dk, t, n));
+        REQUIRE(same_rows(base.dv, rb.dv, t, n));
+        REQUIRE_FALSE(test::bit_identical(base.dk.data, rb.dk.data));
+        REQUIRE_FALSE(test::bit_identical(base.dv.data, rb.dv.data));
+        call nc = next; // (c)
+        for (bhnd<S>* x : {&nc.q, &nc.k, &nc.v, &nc.dout}) x->data.setConstant(value);
+        const result rc = run(c, nc);
+        REQUIRE(test::bit_identical(base.out.data, rc.out.data));
+        REQUIRE(test::bit_identical(base.dq.data, rc.dq.data));
+        REQUIRE_FALSE(test::bit_identical(base.dk.data, rc.dk.data));
+        ++checked;
+    }
+    REQUIRE(checked == 5);
 }
 
 } // namespace state_test

@@ -405,4 +405,16 @@ TEST_CASE("LRPE state backward: k calls of random sizes in reverse equal one cal
         }
     REQUIRE(checked == 4);
 }
+TEST_CASE("LRPE state backward: no leak from the future through a state call or a poisoned later call",
+          "[lrpe][backward][state][no_leak]")
+{
+    // Rotate and cosine (odd-even), θ trained, from position 13 (support_state.hpp's properties; in double,
+    // the scalar of the state tests above: the float state path is the same code as the core's, tested in float).
+    for (const config& c : {configs()[0], configs()[3]}) {
+        CAPTURE(c.name);
+        state_test::require_state_no_leak(make_attention(make_encoding<double>(c), c.norm, masking::causal), 1, heads, c.dim,
+                                          e_width, 13, 60, 29, 11);
+    }
+}
+
 } // namespace test_lrpe_backward

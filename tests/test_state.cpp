@@ -501,5 +501,16 @@ TEST_CASE("State backward: states of the wrong shape are refused, nothing writte
     CHECK(grad.export_bytes(attn) == grad_saved);
 }
 
+
+TEMPLATE_TEST_CASE("State backward: no leak from the future through a state call or a poisoned later call",
+                   "[state][backward][no_leak]", LINRPE_TEST_SCALARS)
+{
+    // t = 29 inside a chunk of 8; prefix 13 and a later call of 11 tokens (support_state.hpp's properties).
+    for (const normalization norm : {normalization::sum, normalization::none, normalization::rms}) {
+        CAPTURE(int(norm));
+        require_state_no_leak(plain_attention<TestType>({}, {}, causal<TestType>(norm)), 2, 2, 6, 4, 13, 60, 29, 11);
+    }
+}
+
 } // namespace
 } // namespace test_state

@@ -263,5 +263,24 @@ TEST_CASE("Toeplitz state backward: compose(LRPE rotate, toeplitz_rpe) through k
     REQUIRE(checked == 3);
 }
 
+
+TEMPLATE_TEST_CASE("Toeplitz state backward: no leak from the future through a state call or a poisoned later call",
+                   "[toeplitz][state][backward][no_leak]", LINRPE_TEST_SCALARS)
+{
+    using S = TestType;
+    // T_max = 16: a prefix of 5 leaves a window that the call's first rows still see, one of 21 has evicted
+    // into far; t = 29 inside a banded block of 16 and a chunk of 8 (support_state.hpp's properties).
+    int checked = 0;
+    for (const toeplitz_algorithm algo : algorithms)
+        for (const normalization norm : {normalization::sum, normalization::none})
+            for (const index prefix : {5, 21}) {
+                CAPTURE(int(algo), int(norm), prefix);
+                const toeplitz_attention<S> attn({}, random_bias<S>(2, 16, 7), make_options<S>(masking::causal, norm, algo));
+                require_state_no_leak(attn, 2, 2, 4, 3, prefix, 60, 29, 11);
+                ++checked;
+            }
+    REQUIRE(checked == 12);
+}
+
 } // namespace
 } // namespace test_toeplitz_state_backward
