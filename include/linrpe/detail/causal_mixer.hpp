@@ -276,7 +276,7 @@ void backward_query_rows(const Eigen::Ref<const row_matrix<S>>& psi, const Eigen
     for (index i = 0; i < dpsi.rows(); ++i) // with the denominator's column of G Sᵀ
         dpsi.row(i) = dpsi.row(i) * inv[i] + g_den[i] * state.z.transpose();
     if (own) {
-        for (index i = 0; i < own->b.rows(); ++i) own->b.row(i).head(i + 1) = own->b.row(i).head(i + 1) * inv[i] + vector<S>::Constant(i + 1, g_den[i]).transpose();
+        for (index i = 0; i < own->b.rows(); ++i) own->b.row(i).head(i + 1) = (own->b.row(i).head(i + 1).array() * inv[i] + g_den[i]).matrix();
         lower_triangle_product(own->b, own->kappa, dpsi, 0, dpsi.rows());
     }
 }
@@ -343,21 +343,22 @@ void exclusive_state_sums(std::vector<causal_state<S>>& parts, bool reverse, ind
 /// The query side needs prefix states (chunks forward), the key side suffix states (chunks backward). Both
 /// run on one block of rows while its features, seed and (C, C) products are in cache, walking the blocks
 /// from the last: each block starts from its prefix state, computed first, and the suffix state is carried
-/// in from the block after it. Nothing of size N is stored (a store of ψ, κ, G and the chunk products for
-/// the whole head made the backward bound by cache traffic: ~45% slower per token at 16k than at 1k).
-///   1. (parallel over segments) κ = encode(K) by blocks; Δ_b = Κ_bᵀ V̄_b for every block but the last
+/// in from the block after it. Of size N only κ is stored (one (N, M') pass, as K itself; φ of the keys too
+/// when a post-feature stage follows): a store of ψ, κ, G and the chunk products for the whole head made
+/// the backward bound by cache traffic (~45% slower per token at 16k than at 1k).
+///   1. (parallel over segments) κ = encode(K) by blocks, stored; Δ_b = Κ_bᵀ V̄_b for every block but the last
 ///   2. (in order) prefix states S_b = Σ_{b' < b} Δ_b'
-///   3. (parallel over segments, blocks from the last) ψ, κ of the block; chunks forward: seed G, dΨ
-///      (prefix form), → dq by encode_backward; chunks backward: dΚ, dV against the suffix state U carried
-///      in from the later blocks of the segment, → dk by encode_backward; U += Ψ_cᵀ G_c
+///   3. (parallel over segments, blocks from the last) ψ of the block; chunks forward: seed G, dΨ (prefix
+///      form), → dq by encode_backward; chunks backward: dΚ, dV against the suffix state U carried in from
+///      the later blocks of the segment, → dk by encode_backward; U += Ψ_cᵀ G_c
 ///   4. (in order) U'_s = Σ_{t > s} U_t, the queries after segment s
 ///   5. (parallel, every segment but the last) dV += Κ U'_g, dk += encode_backward(V̄ U'ᵀ)
 /// Segments as in causal_forward (`split`; without it one segment, and 4–5 do nothing). The partition
 /// depends on the shape only, so results do not depend on the thread count. Flops ≈ 12·N·M'·E +
 /// N·C·(6·M' + 4·E), plus 4·M'·E per row of the first segments (forward: 4·N·M'·E + 2·N·C·(M' + E)); features
-/// are encoded twice for keys (three times in the first segments), once for queries; with a post-feature
-/// stage (LRPE) the block keeps φ of its queries and keys (`setup.kept`), so the features' VJP reads it
-/// instead of evaluating the feature map again. Extra memory: O(block·(4·M' + 2·M + 2·E + 2·C) + (N /
+/// are encoded once for keys and once for queries; with a post-feature stage (LRPE) the block keeps φ of
+/// its queries and the store φ of the keys (`setup.kept`), so the features' VJP reads it instead of
+/// evaluating the feature map again. Extra memory: O(N·(M' + kept) + block·(3·M' + M + 2·E + 2·C) + (N /
 /// block)·M'·E) from the workspace and the states.
 ///
 /// A call that continued a state (docs/design.md §8) passes it as `initial` (S0, z0: keys before the rows,
@@ -385,15 +386,24 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
     };
     const auto rows_of = [&](index b) { return std::min(block, n - b * block); };
     std::vector<causal_state<S>> start(static_cast<std::size_t>(blocks)), after(static_cast<std::size_t>(segments));
+    // κ of the whole head (and φ of its keys when a post-feature stage follows), encoded once in step 1 and
+    // read by steps 3 and 5: encoding again cost one feature-map pass per key (elu+1's exp: ~4% of the
+    // backward), storing costs one streamed write of (N, M'), the size of K that encoding reads anyway.
+    // From the calling thread's arena: segments on other threads write and read disjoint rows of it.
+    scratch_scope<S> store(ws.local());
+    auto kappa_all = store.matrix(n, m);                            // (N, M')
+    auto phi_k_all = store.matrix(setup.kept ? n : 0, setup.kept); // (N, M) or empty
     parallel_for(segments, setup.threads, [&](index s) {
         const auto range = block_range(s);
         scratch_scope<S> tmp(ws.local());
-        auto kappa = tmp.matrix(block, m); // (block, M')
-        for (index b = range.first; b < std::min(range.second, blocks - 1); ++b) {
-            const index r0 = b * block;
-            encode(k.middleRows(r0, block), role::key, first + r0, kappa, tmp.source());
+        for (index b = range.first; b < range.second; ++b) {
+            const index r0 = b * block, rows = rows_of(b);
+            auto kappa = kappa_all.middleRows(r0, rows);
+            Eigen::Ref<row_matrix<S>> phi_k = phi_k_all.middleRows(setup.kept ? r0 : 0, setup.kept ? rows : 0);
+            encode(k.middleRows(r0, rows), role::key, first + r0, kappa, tmp.source(), &phi_k);
+            if (b + 1 == blocks) continue; // the keys after the last block: none
             start[b].reset(m, e, with_den);
-            start[b].add(kappa, v.middleRows(r0, block));
+            start[b].add(kappa, v.middleRows(r0, rows));
         }
     });
     exclusive_state_sums(start, false, m, e, with_den, initial);
@@ -402,8 +412,8 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
         causal_state<S>& u = after[s];
         u.reset(m, e, with_den);
         scratch_scope<S> tmp(ws.local());
-        auto psi_block = tmp.matrix(brows, m), kappa_block = tmp.matrix(brows, m); // (block, M')
-        auto dfeat_block = tmp.matrix(brows, m), g_block = tmp.matrix(brows, e);   // (block, M'), (block, E)
+        auto psi_block = tmp.matrix(brows, m), dfeat_block = tmp.matrix(brows, m); // (block, M')
+        auto g_block = tmp.matrix(brows, e);                                        // (block, E)
         auto a_block = tmp.matrix(brows, cmax), b_block = tmp.matrix(brows, cmax); // chunk c in rows of c
         auto g_den_block = tmp.vec(brows);                                         // (block)
         auto transposed = tmp.matrix(cmax, cmax);                                  // (C, C)
@@ -412,17 +422,15 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
         // misaligned row peels into scalar dot products: ~5% of the backward), depend on its address.
         auto dv_block = tmp.matrix(brows, e); // (block, E)
         auto phi_q_block = tmp.matrix(setup.kept ? brows : 0, setup.kept);         // (block, M): φ kept for the VJP
-        auto phi_k_block = tmp.matrix(setup.kept ? brows : 0, setup.kept);
         for (index b = range.second - 1; b >= range.first; --b) {
             const index r0 = b * block, rows = rows_of(b);
-            auto psi = psi_block.topRows(rows), kappa = kappa_block.topRows(rows), dfeat = dfeat_block.topRows(rows);
+            auto psi = psi_block.topRows(rows), kappa = kappa_all.middleRows(r0, rows), dfeat = dfeat_block.topRows(rows);
             auto g = g_block.topRows(rows);
             auto g_den = g_den_block.head(rows);
             Eigen::Ref<row_matrix<S>> phi_q = phi_q_block.topRows(setup.kept ? rows : 0);
-            Eigen::Ref<row_matrix<S>> phi_k = phi_k_block.topRows(setup.kept ? rows : 0);
             encode(q.middleRows(r0, rows), role::query, first + r0, psi, tmp.source(), &phi_q);
-            encode(k.middleRows(r0, rows), role::key, first + r0, kappa, tmp.source(), &phi_k);
-            const Eigen::Ref<const row_matrix<S>> kept_q = phi_q, kept_k = phi_k;
+            const Eigen::Ref<const row_matrix<S>> kept_q = phi_q,
+                                                  kept_k = phi_k_all.middleRows(setup.kept ? r0 : 0, setup.kept ? rows : 0);
             const auto v_b = v.middleRows(r0, rows);
             const auto pairs = [&](index c0, index cr) {
                 return chunk_pairs<S>{psi.middleRows(c0, cr), kappa.middleRows(c0, cr), v_b.middleRows(c0, cr),
@@ -455,16 +463,17 @@ void causal_backward(const Eigen::Ref<const row_matrix<S>>& q, const Eigen::Ref<
     parallel_for(carried_grad ? segments : segments - 1, setup.threads, [&](index s) {
         const auto range = block_range(s);
         scratch_scope<S> tmp(ws.local());
-        auto kappa_block = tmp.matrix(brows, m), dkappa_block = tmp.matrix(brows, m); // (block, M')
-        auto dv_block = tmp.matrix(brows, e), dk_block = tmp.matrix(brows, k.cols());  // (block, E), (block, D)
+        auto dkappa_block = tmp.matrix(brows, m);                                     // (block, M')
+        auto dv_block = tmp.matrix(brows, e), dk_block = tmp.matrix(brows, k.cols()); // (block, E), (block, D)
         for (index b = range.first; b < range.second; ++b) {
             const index r0 = b * block, rows = rows_of(b);
             const auto v_b = v.middleRows(r0, rows);
-            auto kappa = kappa_block.topRows(rows), dkappa = dkappa_block.topRows(rows);
+            const auto kappa = kappa_all.middleRows(r0, rows);
+            auto dkappa = dkappa_block.topRows(rows);
             auto dv_rows = dv_block.topRows(rows), dk_rows = dk_block.topRows(rows);
-            encode(k.middleRows(r0, rows), role::key, first + r0, kappa, tmp.source());
+            const Eigen::Ref<const row_matrix<S>> kept_k = phi_k_all.middleRows(setup.kept ? r0 : 0, setup.kept ? rows : 0);
             backward_key_rows<S>(kappa, v_b, after[s], nullptr, v_b, dkappa, dv_rows);
-            encode_backward(k.middleRows(r0, rows), kappa, dkappa, dk_rows, role::key, first + r0);
+            encode_backward(k.middleRows(r0, rows), kappa, dkappa, dk_rows, role::key, first + r0, &kept_k);
             dv.middleRows(r0, rows) += dv_rows;
             dk.middleRows(r0, rows) += dk_rows;
         }
