@@ -8,6 +8,7 @@
 #include "../detail/causal_mixer.hpp"
 #include "../detail/normalize.hpp"
 #include "../detail/parallel.hpp"
+#include "../detail/traits.hpp"
 #include "../errors.hpp"
 #include "../types.hpp"
 #include "../views.hpp"
