@@ -46,42 +46,7 @@ struct grads {
     std::vector<double> params; // every parameter gradient, flattened in a fixed order
 };
 
-// Flattens a parameter_gradients value: every row_matrix<double> member, in declaration order.
-inline void append(std::vector<double>& flat, const row_matrix<double>& m) { flat.insert(flat.end(), m.data(), m.data() + m.size()); }
-template <class PG>
-auto flatten(const PG& pg, int) -> decltype(pg.theta, std::vector<double>())
-{
-    std::vector<double> f;
-    append(f, pg.theta);
-    append(f, pg.householder);
-    return f;
-}
-template <class PG>
-auto flatten(const PG& pg, int) -> decltype(pg.freqs, std::vector<double>())
-{
-    std::vector<double> f;
-    for (const auto* m : {&pg.freqs, &pg.offsets, &pg.gains, &pg.gate}) append(f, *m);
-    return f;
-}
-template <class PG>
-auto flatten(const PG& pg, int) -> decltype(pg.query_filter, std::vector<double>())
-{
-    std::vector<double> f;
-    for (const auto* m : {&pg.query_filter, &pg.key_filter, &pg.gate}) append(f, *m);
-    return f;
-}
-template <class PG>
-auto flatten(const PG& pg, int) -> decltype(pg.biases, std::vector<double>())
-{
-    std::vector<double> f;
-    append(f, pg.biases);
-    return f;
-}
-template <class PG>
-std::vector<double> flatten(const PG&, long) // an encoding without parameters
-{
-    return {};
-}
+using test::flatten; // support.hpp
 
 // Head 1 of the two heads of the encodings, positions from 0.
 constexpr index head = 1;

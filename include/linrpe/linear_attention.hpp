@@ -230,6 +230,30 @@ public:
         return encode(x, which, head, first_position);
     }
 
+    /// \brief VJP of features(): dx (n, D) = J(x)ᵀ dfeat for the cotangent dfeat (n, M') of ψ or κ of the rows
+    /// x at positions first_position.. (J_i = ∂feat_i/∂x_i = post_i'·φ'·pre_i'). The features are recomputed;
+    /// when `pg` is given, head `head`'s parameter gradient Σ_i (∂feat_i/∂θ)ᵀ dfeat_i is ADDED to it.
+    /// Cost O(n·D·M') (an encoding's VJP hook may add its own, e.g. SPE's O(n·D·K·R)). Throws before writing;
+    /// dx must not overlap x or dfeat.
+    void features_backward(const const_ref& x, role which, index head, index first_position, const const_ref& dfeat,
+                           ref dx, parameter_gradients* pg = nullptr) const
+    {
+        const index m = encoded_dim(x.cols());
+        matrix feat = features(x, which, head, first_position); // validates x, head, positions: (n, M')
+        if (dfeat.rows() != x.rows() || dfeat.cols() != m)
+            detail::fail("dfeat shape", detail::shape(x.rows(), m), detail::shape(dfeat.rows(), dfeat.cols()));
+        if (dx.rows() != x.rows() || dx.cols() != x.cols())
+            detail::fail("dx shape", detail::shape(x.rows(), x.cols()), detail::shape(dx.rows(), dx.cols()));
+        detail::require_disjoint("dx", detail::footprint_of(dx), "x", detail::footprint_of(x));
+        detail::require_disjoint("dx", detail::footprint_of(dx), "dfeat", detail::footprint_of(dfeat));
+        validate_gradients(pg);
+        const detail::serial_eigen_scope serial_eigen;
+        detail::arena<Scalar> scratch;
+        std::vector<double> flat(static_cast<std::size_t>(pg ? gradient_size() : 0), 0.0);
+        encode_backward(x, feat, dfeat, dx, which, head, first_position, flat.empty() ? nullptr : flat.data(), scratch);
+        if (!flat.empty()) add_gradients(head, flat.data(), *pg);
+    }
+
     /// \brief The explicit mixing weights W (N, Nk) that forward() applies to a call of `rows` queries from
     /// q_first and `cols` keys from k_first: the causal mask and, for a sequence-mixing encoding, c_{j−i} =
     /// exp(b_{j−i}) exactly. forward() reaches the same result through a shift (so it stays finite where an

@@ -5,8 +5,10 @@
 /// Optional component (CMake `LINRPE_USE_MPI`, target `linrpe::mpi`); nothing else in linrpe includes it.
 
 #include "../attention_state.hpp"
+#include "../detail/causal_mixer.hpp"
 #include "../detail/normalize.hpp"
 #include "../detail/parallel.hpp"
+#include "../detail/traits.hpp"
 #include "../errors.hpp"
 #include "../types.hpp"
 #include "../views.hpp"
@@ -126,34 +128,45 @@ public:
         });
     }
 
-    /// \brief Collective backward of forward() for a causal attention: dq, dk (B, H, n_r, D) and dv
-    /// (B, H, n_r, E) of ⟨dout, out⟩ over the whole sequence, for this rank's shard (docs/design.md §17).
+    /// The gradients of the encoding's learnable parameters (linrpe::no_parameters when it has none).
+    using parameter_gradients = typename Attention::parameter_gradients;
+
+    /// \brief Collective backward of forward(): dq, dk (B, H, n_r, D) and dv (B, H, n_r, E) of ⟨dout, out⟩
+    /// over the whole sequence, for this rank's shard, and (when `pg` is given) the gradients of the
+    /// encoding's parameters over the whole sequence, ADDED to *pg on every rank (docs/design.md §17).
     ///
-    /// Rank r's shard is a call continuing the state S_in(r) = Σ_{r' < r} Δ_{r'} (the forward's exclusive
-    /// scan), so its gradients are the backward from that state (linear_attention::backward with a state),
-    /// once the gradient w.r.t. the state it leaves is known: dS_out(r) = Σ_{r' > r} U_{r'}, the reverse
-    /// exclusive scan of U_r = Σ_{i in r} ψ_i [g_i, g_den,i]ᵀ. U_r comes from a first local backward (with
-    /// dS_out = 0); the U's are all-gathered and summed in rank order, then a second local backward from
-    /// S_in(r) with dS_out(r) gives dk, dv (the last rank needs none). Cost per rank: two local backwards
-    /// (one on the last rank) plus O(P·B·H·M'·(E + 1)); communication: B·H·M'·(E + 1) scalars sent twice,
-    /// independent of N. Bit-identical between runs with the same rank count; equal to the single-process
-    /// backward to rounding. Needs the attention's backward (positional::none; other encodings stop at
-    /// compile time as backward() does). Under `sum` the local backward differentiates FAVOR+'s query
-    /// shift, which this class's causal forward leaves out (they differ at the order of eps/den). The
-    /// non-causal backward is not built yet: it throws linrpe::error. Throws on every rank, before
-    /// writing, on invalid or non-tiling shards.
+    /// Both masks exchange U_r = Σ_{i in r} ψ_i [g_i, g_den,i]ᵀ (M', E + 1) per (batch, head), g and g_den the
+    /// normalization's seed, by one more all-gather:
+    ///
+    ///     causal:     rank r's shard is a call continuing S_in(r) = Σ_{r' < r} Δ_{r'}; its gradients are the
+    ///                 local backward from that state with the gradient of the state it leaves,
+    ///                 dS_out(r) = Σ_{r' > r} U_{r'}. U_r comes from a first local backward (dS_out = 0), a
+    ///                 second one with dS_out(r) gives dk, dv (the last rank needs none).
+    ///     non-causal: S = Σ_r Δ_r (the forward's), dψ_i = g_i S_vᵀ + g_den,i z, dq = features' VJP of dψ;
+    ///                 U = Σ_r U_r, dκ_j = U_v v_j + U_den, dv_j = U_vᵀ κ_j, dk = features' VJP of dκ;
+    ///                 by blocks of rows, O(block·(M' + E)) memory per (batch, head) in flight.
+    ///
+    /// Parameter gradients: each rank's own part (the local backward's, or the features' VJPs'), flattened
+    /// (every row_matrix<double> member of parameter_gradients in declaration order; the shipped encodings'
+    /// members are known: LRPE, sineSPE, convSPE), all-gathered and summed in rank order, then added to *pg:
+    /// every rank ends with the same bits. Cost per rank: causal two local backwards (one on the last rank),
+    /// non-causal about one single-process backward of the shard, plus O(P·B·H·M'·(E + 1)) (and O(P·G) for
+    /// G parameter gradients); communication B·H·M'·(E + 1) scalars sent twice (+ G doubles), independent of
+    /// N. Bit-identical between runs with the same rank count; equal to the single-process backward to
+    /// rounding (the sums regroup). Needs the attention's backward hooks (other encodings stop at compile
+    /// time as backward() does). Under `sum` the causal local backward differentiates FAVOR+'s query shift,
+    /// which this class's causal forward leaves out (they differ at the order of eps/den). Throws on every
+    /// rank, before writing, on invalid or non-tiling shards, gradient views of other extents, or a `pg` of
+    /// other shapes.
     void backward(tensor_view<const scalar_type> q, tensor_view<const scalar_type> k, tensor_view<const scalar_type> v,
                   tensor_view<const scalar_type> dout, tensor_view<scalar_type> dq, tensor_view<scalar_type> dk,
-                  tensor_view<scalar_type> dv, index first_position) const
+                  tensor_view<scalar_type> dv, index first_position, parameter_gradients* pg = nullptr) const
     {
         // validate() reads the extents of its `out` argument only: dout stands in for it.
         const tensor_view<scalar_type> dout_extents(const_cast<scalar_type*>(dout.data()), dout.batch(), dout.heads(),
                                                     dout.tokens(), dout.channels(), dout.stride(0), dout.stride(1),
                                                     dout.stride(2), dout.stride(3));
         validate(q, k, v, dout_extents, first_position, [&] {
-            if (m_attn.opts().mask != masking::causal)
-                detail::fail("options.mask (context_parallel::backward)", "masking::causal (the non-causal backward is not built yet)",
-                             "masking::none");
             const auto same = [](const char* name, const tensor_view<scalar_type>& x, const tensor_view<const scalar_type>& like) {
                 x.validate(name);
                 if (x.batch() != like.batch() || x.heads() != like.heads() || x.tokens() != like.tokens() ||
@@ -165,7 +178,40 @@ public:
             same("dq view", dq, q);
             same("dk view", dk, k);
             same("dv view", dv, v);
-        });
+            if (pg) validate_parameter_gradients(*pg);
+        }, pg != nullptr);
+        const detail::serial_eigen_scope serial_eigen;
+        parameter_gradients local = m_attn.make_parameter_gradients(); // this rank's part
+        if (m_attn.opts().mask == masking::causal)
+            causal_backward(q, k, v, dout, dq, dk, dv, first_position, pg ? &local : nullptr);
+        else
+            noncausal_backward(q, k, v, dout, dq, dk, dv, first_position, pg ? &local : nullptr);
+        if (!pg) return;
+        const auto mine = gradient_matrices(local);
+        std::vector<double> flat;
+        for (const auto* x : mine) flat.insert(flat.end(), x->data(), x->data() + x->size());
+        const std::vector<double> sum = rank_sum(gather(flat), 0, m_size, static_cast<index>(flat.size()));
+        std::size_t at = 0;
+        for (auto* x : gradient_matrices(*pg)) {
+            Eigen::Map<const row_matrix<double>> part(sum.data() + at, x->rows(), x->cols());
+            *x += part;
+            at += static_cast<std::size_t>(x->size());
+        }
+    }
+
+private:
+    static constexpr index block = 4096;
+
+    using state_rows = detail::causal_state<scalar_type>;
+
+    // Rank r's shard is a call continuing S_in(r): the local backward from that state, given the gradient of
+    // the state it leaves (the later ranks' U, summed in rank order). `local` receives this rank's part of
+    // the parameter gradients (from the local backward that is final on this rank).
+    void causal_backward(const tensor_view<const scalar_type>& q, const tensor_view<const scalar_type>& k,
+                         const tensor_view<const scalar_type>& v, const tensor_view<const scalar_type>& dout,
+                         const tensor_view<scalar_type>& dq, const tensor_view<scalar_type>& dk,
+                         const tensor_view<scalar_type>& dv, index first_position, parameter_gradients* local) const
+    {
         const index batch = q.batch(), heads = q.heads(), e = v.channels();
         const index m = m_attn.encoded_dim(q.channels()), slot = m * (e + 1), total = batch * heads * slot;
         const bool with_den = m_attn.opts().norm == normalization::sum;
@@ -181,9 +227,11 @@ public:
             }
             return st;
         };
+        const bool last = m_rank + 1 == m_size;
         const auto initial = state_of(rank_sum(all, 0, m_rank, total));
         typename Attention::state_type grad;
-        m_attn.backward(q, k, v, dout, dq, dk, dv, initial, grad); // dq final; U_r = grad
+        // dq final; U_r = grad. On the last rank this is the whole local backward (its parameter part too).
+        m_attn.backward(q, k, v, dout, dq, dk, dv, initial, grad, nullptr, nullptr, last ? local : nullptr);
         std::vector<scalar_type> u(static_cast<std::size_t>(total), scalar_type(0));
         for (index bh = 0; bh < batch * heads; ++bh) {
             Eigen::Map<matrix> x(u.data() + bh * slot, m, e + 1);
@@ -192,14 +240,145 @@ public:
             if (with_den) x.col(e) = s.z;
         }
         const std::vector<scalar_type> suffix = rank_sum(gather(u), m_rank + 1, m_size, total);
-        if (m_rank + 1 < m_size) {
+        if (!last) {
             const auto final_grad = state_of(suffix);
-            m_attn.backward(q, k, v, dout, dq, dk, dv, initial, grad, &final_grad);
+            m_attn.backward(q, k, v, dout, dq, dk, dv, initial, grad, &final_grad, nullptr, local);
         }
     }
 
-private:
-    static constexpr index block = 4096;
+    // S = Σ_r Δ_r as the forward; per (batch, head) and block of rows: the query side (ψ, the seed, dψ, dq,
+    // U_r += ψᵀ [g, g_den]), then U = Σ_r U_r in rank order and the key side (κ, dκ, dv, dk). The rows' seed
+    // and products are the single-process non-causal backward's (backward_query_rows, backward_key_rows).
+    // Heads run in parallel, the batch of each head serially, so that the parameter gradients of a head sum
+    // in batch order into that head's own buffer.
+    void noncausal_backward(const tensor_view<const scalar_type>& q, const tensor_view<const scalar_type>& k,
+                            const tensor_view<const scalar_type>& v, const tensor_view<const scalar_type>& dout,
+                            const tensor_view<scalar_type>& dq, const tensor_view<scalar_type>& dk,
+                            const tensor_view<scalar_type>& dv, index first_position, parameter_gradients* local) const
+    {
+        const auto& opt = m_attn.opts();
+        const bool with_den = opt.norm == normalization::sum;
+        const index batch = q.batch(), heads = q.heads(), n = q.tokens(), e = v.channels();
+        const index m = m_attn.encoded_dim(q.channels()), ex = e + 1, slot = m * ex, total = batch * heads * slot;
+        const std::vector<scalar_type> sum_s = rank_sum(gather(local_states(k, v, first_position)), 0, m_size, total);
+        // [S, z] or [U_g, u_den] of one (batch, head) from its (M', E + 1) slot (no z without a denominator).
+        const auto rows_of = [&](const scalar_type* x) {
+            const Eigen::Map<const matrix> st(x, m, ex); // (M', E + 1)
+            state_rows r;
+            r.s = st.leftCols(e);
+            if (with_den) r.z = st.col(e);
+            return r;
+        };
+        std::vector<parameter_gradients> per_head(local ? static_cast<std::size_t>(heads) : 0, m_attn.make_parameter_gradients());
+        const auto pg_of = [&](index h) { return local ? &per_head[static_cast<std::size_t>(h)] : nullptr; };
+        std::vector<scalar_type> u(static_cast<std::size_t>(total), scalar_type(0));
+        detail::parallel_for(heads, opt.threads, [&](index h) {
+            for (index b = 0; b < batch; ++b) {
+                const index bh = b * heads + h;
+                const state_rows state = rows_of(sum_s.data() + bh * slot);
+                state_rows part;
+                part.reset(m, e, with_den);
+                const auto qs = q.slice(b, h);
+                const auto ds = dout.slice(b, h);
+                auto dqs = dq.slice(b, h);
+                for (index r0 = 0; r0 < n; r0 += block) {
+                    const index rows = std::min(block, n - r0), first = first_position + r0;
+                    const matrix psi = m_attn.features(qs.middleRows(r0, rows), role::query, h, first); // (rows, M')
+                    matrix g(rows, e), dpsi(rows, m); // (rows, E), (rows, M')
+                    vector<scalar_type> g_den = vector<scalar_type>::Zero(rows);
+                    detail::backward_query_rows<scalar_type>(psi, ds.middleRows(r0, rows), state, nullptr, opt.norm, opt.eps, g,
+                                                             g_den, dpsi);
+                    m_attn.features_backward(qs.middleRows(r0, rows), role::query, h, first, dpsi, dqs.middleRows(r0, rows),
+                                             pg_of(h));
+                    detail::add_suffix(part, psi, g, g_den);
+                }
+                Eigen::Map<matrix> x(u.data() + bh * slot, m, ex); // (M', E + 1)
+                x.leftCols(e) = part.s;
+                if (with_den) x.col(e) = part.z;
+            }
+        });
+        const std::vector<scalar_type> sum_u = rank_sum(gather(u), 0, m_size, total);
+        detail::parallel_for(heads, opt.threads, [&](index h) {
+            for (index b = 0; b < batch; ++b) {
+                const state_rows us = rows_of(sum_u.data() + (b * heads + h) * slot);
+                const auto ks = k.slice(b, h);
+                const auto vs = v.slice(b, h);
+                auto dks = dk.slice(b, h);
+                auto dvs = dv.slice(b, h);
+                for (index r0 = 0; r0 < n; r0 += block) {
+                    const index rows = std::min(block, n - r0), first = first_position + r0;
+                    const matrix kappa = m_attn.features(ks.middleRows(r0, rows), role::key, h, first); // (rows, M')
+                    matrix dkappa(rows, m);                                                              // (rows, M')
+                    detail::backward_key_rows<scalar_type>(kappa, vs.middleRows(r0, rows), us, nullptr, matrix(0, e), dkappa,
+                                                           dvs.middleRows(r0, rows));
+                    m_attn.features_backward(ks.middleRows(r0, rows), role::key, h, first, dkappa, dks.middleRows(r0, rows),
+                                             pg_of(h));
+                }
+            }
+        });
+        if (local) // each head's buffer holds that head's rows only: the sum over heads adds zeros elsewhere
+            for (const auto& p : per_head) add_into(*local, p);
+    }
+
+    // a += b, member by member (the parameter_gradients structs have no common operator+=).
+    static void add_into(parameter_gradients& a, const parameter_gradients& b)
+    {
+        const auto to = gradient_matrices(a);
+        const auto from = gradient_matrices(b);
+        for (std::size_t i = 0; i < to.size(); ++i) *to[i] += *from[i];
+    }
+
+    // The row_matrix<double> members of a parameter_gradients value in declaration order: the shipped
+    // encodings' (LRPE, sineSPE, convSPE) and none for linrpe::no_parameters. `known` says which types these are.
+    template <class PG>
+    using matrix_pointer = std::conditional_t<std::is_const<PG>::value, const row_matrix<double>*, row_matrix<double>*>;
+    template <class PG>
+    static auto members(PG& pg, int) -> decltype(pg.theta, pg.householder, std::vector<matrix_pointer<PG>>())
+    {
+        return {&pg.theta, &pg.householder};
+    }
+    template <class PG>
+    static auto members(PG& pg, int) -> decltype(pg.freqs, pg.offsets, pg.gains, pg.gate, std::vector<matrix_pointer<PG>>())
+    {
+        return {&pg.freqs, &pg.offsets, &pg.gains, &pg.gate};
+    }
+    template <class PG>
+    static auto members(PG& pg, int) -> decltype(pg.query_filter, pg.key_filter, pg.gate, std::vector<matrix_pointer<PG>>())
+    {
+        return {&pg.query_filter, &pg.key_filter, &pg.gate};
+    }
+    template <class PG>
+    static std::vector<matrix_pointer<PG>> members(PG&, long)
+    {
+        return {};
+    }
+    template <class PG>
+    static auto gradient_matrices(PG& pg)
+    {
+        return members(pg, 0);
+    }
+    static bool known_gradients()
+    {
+        parameter_gradients probe{};
+        return std::is_same<parameter_gradients, no_parameters>::value || !gradient_matrices(probe).empty();
+    }
+    // A caller's pg: shapes of make_parameter_gradients(), and members this class can reduce.
+    void validate_parameter_gradients(const parameter_gradients& pg) const
+    {
+        if (!known_gradients())
+            detail::fail("pg (context_parallel::backward)",
+                         "the parameter gradients of a shipped encoding (LRPE, sineSPE, convSPE), whose members are reduced",
+                         "a parameter_gradients type of unknown members");
+        using encoding = typename Attention::positional_encoding_type;
+        if constexpr (detail::has_validate_gradients<encoding, parameter_gradients>::value) m_attn.positional().validate_gradients(pg);
+        const auto want = m_attn.make_parameter_gradients();
+        const auto have = gradient_matrices(pg);
+        const auto shape = gradient_matrices(want);
+        for (std::size_t i = 0; i < have.size(); ++i)
+            if (have[i]->rows() != shape[i]->rows() || have[i]->cols() != shape[i]->cols())
+                detail::fail(detail::concat("pg member ", i, " shape (context_parallel::backward)").c_str(),
+                             detail::shape(shape[i]->rows(), shape[i]->cols()), detail::shape(have[i]->rows(), have[i]->cols()));
+    }
 
     // Δ_r per (batch, head), flattened: Σ κ_j [v_j, 1]ᵀ (M', E + 1) over this shard, κ at absolute positions.
     std::vector<scalar_type> local_states(const tensor_view<const scalar_type>& k, const tensor_view<const scalar_type>& v,
@@ -224,19 +403,21 @@ private:
     }
 
     // Every rank's `local` (equal sizes), in rank order; counts the bytes sent.
-    std::vector<scalar_type> gather(const std::vector<scalar_type>& local) const
+    template <class T>
+    std::vector<T> gather(const std::vector<T>& local) const
     {
         const int count = static_cast<int>(local.size());
-        std::vector<scalar_type> all(local.size() * static_cast<std::size_t>(m_size));
-        MPI_Allgather(local.data(), count, mpi_type(), all.data(), count, mpi_type(), m_comm);
-        m_bytes_sent += local.size() * sizeof(scalar_type);
+        std::vector<T> all(local.size() * static_cast<std::size_t>(m_size));
+        MPI_Allgather(local.data(), count, mpi_type<T>(), all.data(), count, mpi_type<T>(), m_comm);
+        m_bytes_sent += local.size() * sizeof(T);
         return all;
     }
 
     // Σ_{r in [from, to)} of the gathered blocks of `total` scalars, in rank order (a fixed order on every rank).
-    static std::vector<scalar_type> rank_sum(const std::vector<scalar_type>& all, int from, int to, index total)
+    template <class T>
+    static std::vector<T> rank_sum(const std::vector<T>& all, int from, int to, index total)
     {
-        std::vector<scalar_type> sum(static_cast<std::size_t>(total), scalar_type(0));
+        std::vector<T> sum(static_cast<std::size_t>(total), T(0));
         for (int r = from; r < to; ++r)
             for (index i = 0; i < total; ++i) sum[static_cast<std::size_t>(i)] += all[static_cast<std::size_t>(r * total + i)];
         return sum;
@@ -246,10 +427,16 @@ private:
     // none-normalized copy so that ψ matches the local part's.
     const Attention& feature_source() const { return m_attn.opts().mask == masking::causal ? m_local : m_attn; }
 
-    static MPI_Datatype mpi_type() { return std::is_same<scalar_type, float>::value ? MPI_FLOAT : MPI_DOUBLE; }
+    template <class T>
+    static MPI_Datatype mpi_type()
+    {
+        static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value, "float or double");
+        return std::is_same<T, float>::value ? MPI_FLOAT : MPI_DOUBLE;
+    }
 
     // Collective: every rank learns every rank's shard and whether it was valid, so all throw together.
-    // `extra` runs this rank's further checks (the backward's) inside the same collective verdict.
+    // `extra` runs this rank's further checks (the backward's) inside the same collective verdict;
+    // `reduces` (the backward's pg given) must be the same on every rank, as it adds a collective.
     void validate(const tensor_view<const scalar_type>& q, const tensor_view<const scalar_type>& k,
                   const tensor_view<const scalar_type>& v, const tensor_view<scalar_type>& out, index first) const
     {
@@ -258,7 +445,7 @@ private:
     template <class Extra>
     void validate(const tensor_view<const scalar_type>& q, const tensor_view<const scalar_type>& k,
                   const tensor_view<const scalar_type>& v, const tensor_view<scalar_type>& out, index first,
-                  const Extra& extra) const
+                  const Extra& extra, bool reduces = false) const
     {
         std::string local_error;
         try {
@@ -285,15 +472,16 @@ private:
         } catch (const error& err) {
             local_error = err.what();
         }
-        // ok, first, tokens, batch, heads, query width, value width
-        const std::int64_t mine[7] = {local_error.empty() ? 1 : 0, std::int64_t(first), std::int64_t(q.tokens()),
-                                      std::int64_t(q.batch()), std::int64_t(q.heads()), std::int64_t(q.channels()),
-                                      std::int64_t(v.channels())};
-        std::vector<std::int64_t> all(static_cast<std::size_t>(7 * m_size));
-        MPI_Allgather(mine, 7, MPI_INT64_T, all.data(), 7, MPI_INT64_T, m_comm);
+        // ok, first, tokens, batch, heads, query width, value width, parameter gradients reduced
+        constexpr int fields = 8;
+        const std::int64_t mine[fields] = {local_error.empty() ? 1 : 0, std::int64_t(first), std::int64_t(q.tokens()),
+                                           std::int64_t(q.batch()), std::int64_t(q.heads()), std::int64_t(q.channels()),
+                                           std::int64_t(v.channels()), reduces ? 1 : 0};
+        std::vector<std::int64_t> all(static_cast<std::size_t>(fields * m_size));
+        MPI_Allgather(mine, fields, MPI_INT64_T, all.data(), fields, MPI_INT64_T, m_comm);
         m_bytes_sent = sizeof(mine);
         if (!local_error.empty()) throw error(local_error.substr(std::string("linrpe: ").size()));
-        const auto at = [&](int r, int field) { return all[static_cast<std::size_t>(7 * r + field)]; };
+        const auto at = [&](int r, int field) { return all[static_cast<std::size_t>(fields * r + field)]; };
         for (int r = 0; r < m_size; ++r)
             if (!at(r, 0))
                 detail::fail("context_parallel shards", "a valid shard on every rank",
@@ -305,6 +493,10 @@ private:
                                  detail::concat("(", at(0, 3), ", ", at(0, 4), ", ·, ", at(0, 5), ") and value width ", at(0, 6)),
                                  detail::concat("(", at(r, 3), ", ", at(r, 4), ", ·, ", at(r, 5), ") and value width ", at(r, 6),
                                                 " on rank ", r));
+            if (at(r, 7) != at(0, 7))
+                detail::fail("pg (context_parallel::backward: given on every rank or on none)",
+                             at(0, 7) ? "a pg on every rank (rank 0 passed one)" : "no pg on any rank (rank 0 passed none)",
+                             detail::concat(at(r, 7) ? "a pg" : "none", " on rank ", r));
             if (at(r, 1) != at(r - 1, 1) + at(r - 1, 2))
                 detail::fail("context_parallel first_position (shards must tile one sequence in rank order)",
                              detail::concat(at(r - 1, 1) + at(r - 1, 2), " on rank ", r, " (rank ", r - 1, " holds [", at(r - 1, 1),
